@@ -1,0 +1,158 @@
+"""The ``longtail`` command line. It parses arguments and calls the library; it has no logic of its own.
+
+    longtail train --config FILE [--out DIR] [--resume DIR] [KEY=VALUE ...]
+    longtail eval RUN_DIR [KEY=VALUE ...]
+    longtail report RUN_DIR
+    longtail compare RUN_DIR [RUN_DIR ...]
+    longtail data info NAME --imbalance R [--json]
+    longtail data indices NAME --imbalance R [--root DIR]
+
+User errors print one short message and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from longtail.errors import EXIT_CODES, LongtailError
+
+GENERATED = ("cifar10", "cifar100", "tinyimagenet", "digits")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p = argparse.ArgumentParser(prog="longtail", parents=[common],
+                                description="Long-tailed image recognition: train, evaluate, report.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", parents=[common], help="train a model from a YAML config")
+    t.add_argument("--config", help="YAML config file (with --resume: defaults to RUN_DIR/config.yaml)")
+    t.add_argument("--out", help="run directory (default: <out_dir>/<name>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.05")
+
+    e = sub.add_parser("eval", parents=[common], help="re-evaluate a run and check it against summary.json")
+    e.add_argument("run_dir")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="e.g. data.root=/data eval.posthoc_tau=1.0 device=cpu")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    r = sub.add_parser("report", parents=[common], help="write RUN_DIR/report/report.md and plots")
+    r.add_argument("run_dir")
+
+    c = sub.add_parser("compare", parents=[common], help="markdown table, mean ± std over seeds per config")
+    c.add_argument("run_dirs", nargs="+")
+
+    d = sub.add_parser("data", parents=[common], help="inspect the long-tailed splits")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    for name, hlp in (("info", "per-class counts, total and shot groups"),
+                      ("indices", "selected original train indices, one per line, ascending")):
+        x = dsub.add_parser(name, parents=[common], help=hlp)
+        x.add_argument("name", choices=GENERATED)
+        x.add_argument("--imbalance", type=float, required=True, help="imbalance factor rho >= 1")
+        x.add_argument("--profile", default="exp", choices=("exp", "step"))
+        x.add_argument("--step-fraction", type=float, default=0.5)
+        x.add_argument("--split-seed", type=int, default=0)
+        if name == "info":
+            x.add_argument("--json", action="store_true", help="print JSON with counts, total and shots")
+        else:
+            x.add_argument("--root", help="data root (default: $LONGTAIL_DATA, else ~/.cache/longtail)")
+            x.add_argument("--no-verify", action="store_true", help="skip checksum verification")
+    return p
+
+
+def _cmd_train(a) -> int:
+    from longtail import config as C
+    from longtail.engine.run import load_resume_config, train
+
+    if a.resume:
+        cfg = load_resume_config(a.resume, a.config, a.overrides)
+    else:
+        if not a.config:
+            raise LongtailError("train needs --config FILE (or --resume RUN_DIR)")
+        cfg = C.load(a.config, a.overrides)
+    command = "longtail " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv else ""
+    train(cfg, out=a.out, resume=a.resume, command=command)
+    return 0
+
+
+def _cmd_eval(a) -> int:
+    from longtail.engine.run import evaluate_run
+
+    m = evaluate_run(Path(a.run_dir), a.overrides, echo=(lambda *x: None) if a.json else print)
+    if a.json:
+        print(json.dumps(m, indent=1))
+    return 0
+
+
+def _cmd_report(a) -> int:
+    from longtail.report import write_report
+
+    path = write_report(Path(a.run_dir))
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_compare(a) -> int:
+    from longtail.report import compare_runs
+
+    print(compare_runs([Path(p) for p in a.run_dirs]))
+    return 0
+
+
+def _cmd_data(a) -> int:
+    from longtail.config import DataConfig
+    from longtail.data.build import split_indices, split_info
+
+    if a.imbalance < 1:
+        raise LongtailError(f"--imbalance must be >= 1 (got {a.imbalance:g})")
+    if a.data_command == "info":
+        info = split_info(a.name, a.imbalance, a.profile, a.step_fraction)
+        if a.json:
+            print(json.dumps({k: info[k] for k in ("counts", "total", "shots")}))
+            return 0
+        counts = info["counts"]
+        print(f"{a.name} long-tailed split: imbalance {a.imbalance:g}, profile {a.profile}, split seed {a.split_seed}")
+        print("per-class counts: " + ", ".join(str(c) for c in counts))
+        print(f"total: {info['total']}")
+        s = info["shots"]
+        print(f"classes: {len(counts)} (Many {s['many']} / Medium {s['medium']} / Few {s['few']}; "
+              f"Many n>100, Medium 20<=n<=100, Few n<20)")
+        return 0
+    dcfg = DataConfig(name=a.name, root=a.root, imbalance=a.imbalance, profile=a.profile,
+                      step_fraction=a.step_fraction, split_seed=a.split_seed, verify=not a.no_verify)
+    idx = sorted(int(i) for i in split_indices(dcfg))
+    sys.stdout.write("".join(f"{i}\n" for i in idx))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare,
+            "data": _cmd_data}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LongtailError as e:
+        if args.debug:
+            raise
+        print(f"longtail: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_CODES.get(type(e).__name__, 2))
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("longtail: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `longtail data indices ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""Learning-rate schedules as plain functions of the 0-based epoch (nanoGPT style)."""
+
+from __future__ import annotations
+
+import math
+
+from longtail.config import OptimConfig
+
+
+def lr_at(epoch: int, total_epochs: int, o: OptimConfig) -> float:
+    """Learning rate of 0-based ``epoch``.
+
+    * warm-up: ``lr * (e + 1) / warmup_epochs`` for ``e < warmup_epochs`` (LDAM: lr·e/5, e = 1..5, 1-based);
+    * ``step``: ``lr * gamma ** (number of milestones <= e)``; the LDAM recipe is milestones [160, 180]
+      with gamma 0.01: ×0.01 for epochs 161-180 and ×0.0001 for 181-200 (1-based);
+    * ``cosine``: ``lr * (1 + cos(pi * (e - w) / (E - w))) / 2`` after the warm-up;
+    * ``constant``: ``lr``.
+    """
+    w = o.warmup_epochs
+    if epoch < w:
+        return o.lr * (epoch + 1) / w
+    if o.schedule == "step":
+        return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
+    if o.schedule == "cosine":
+        span = max(total_epochs - w, 1)
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / span))
+    return o.lr

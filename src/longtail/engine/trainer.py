@@ -1,0 +1,240 @@
+"""The training loop: epochs, optimiser, lr schedule, AMP, NaN guard, signals and checkpoints.
+
+The loop knows nothing about particular methods: a :class:`~longtail.methods.Method` turns a batch and
+the network's output into a loss. Everything that resuming needs is in ``checkpoints/last.pt``, written
+atomically at the end of every epoch and when a signal stops the run, so a resumed run continues
+bit-exactly on CPU: batches are a pure function of (seed, epoch, step), and the model, optimiser and
+RNG states are restored.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from longtail.config import Config, to_dict
+from longtail.engine.checkpoint import save_checkpoint
+from longtail.engine.evaluator import autocast_context, evaluate
+from longtail.engine.logging import RunLogger, progress_bar
+from longtail.engine.schedule import lr_at
+from longtail.errors import Interrupted, NonFiniteLossError
+
+CHECKPOINT_VERSION = 1
+
+
+def build_optimizer(network: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
+    """SGD with momentum / nesterov; weight decay on every parameter (the LDAM/BCL convention)."""
+    o = cfg.optim
+    kw = {}
+    if network.parameters().__next__().is_cuda:
+        kw["foreach"] = True
+    return torch.optim.SGD(network.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                           weight_decay=o.weight_decay, **kw)
+
+
+@dataclass
+class Progress:
+    """Where training stands: ``epoch`` epochs completed plus ``step_in_epoch`` steps of the next one."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    wall_seconds: float = 0.0
+
+
+class _SignalGuard:
+    """Turns SIGINT/SIGTERM into a flag that the loop checks after each step."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Runs the optimisation of one method on one dataset and writes the run directory's logs."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, network, method, train_batches, eval_batches,
+                 train_counts: np.ndarray, num_classes: int, device: torch.device, logger: RunLogger,
+                 forward: Optional[Callable] = None):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.network = network  # the plain module: its state_dict is what we save
+        self.forward = forward or network  # possibly torch.compile'd
+        self.method = method
+        self.train_batches = train_batches
+        self.eval_batches = eval_batches
+        self.train_counts = train_counts
+        self.num_classes = num_classes
+        self.device = device
+        self.logger = logger
+        self.optimizer = build_optimizer(network, cfg)
+        self.progress = Progress()
+        self.last_eval: Optional[dict] = None
+        # check the loss on the host every step on CPU (free), every few steps on GPU (a sync point)
+        self.nan_check_every = 1 if device.type == "cpu" else 25
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        p = self.progress
+        return {"version": CHECKPOINT_VERSION, "model": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "epoch": p.epoch, "step_in_epoch": p.step_in_epoch,
+                "global_step": p.global_step, "wall_seconds": p.wall_seconds, "config": to_dict(self.cfg),
+                "rng": rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"]),
+                                 float(state.get("wall_seconds", 0.0)))
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint_path, self.state_dict())
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> dict:
+        """Train to ``train.epochs`` (or ``train.max_steps``); return the last evaluation's metrics."""
+        cfg, p = self.cfg, self.progress
+        epochs, steps_per_epoch = cfg.train.epochs, len(self.train_batches)
+        self.logger.truncate_after(p.epoch)
+        total = epochs * steps_per_epoch
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        bar = progress_bar(total, min(p.global_step, total), cfg.train.progress)
+        stopped_early = False
+        try:
+            with _SignalGuard() as guard:
+                while p.epoch < epochs and not stopped_early:
+                    stopped_early = self._run_epoch(p.epoch, guard, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.last_eval is None or stopped_early:
+            self.last_eval = self.evaluate()
+        return self.last_eval
+
+    def evaluate(self) -> dict:
+        cfg = self.cfg
+        return evaluate(self.forward, self.method, self.eval_batches, self.train_counts,
+                        num_classes=self.num_classes, device=self.device, amp=cfg.train.amp,
+                        posthoc_tau=cfg.eval.posthoc_tau, ece_bins=cfg.eval.ece_bins,
+                        channels_last=cfg.train.channels_last)
+
+    def _run_epoch(self, epoch: int, guard: _SignalGuard, bar) -> bool:
+        """One epoch from ``progress.step_in_epoch``; returns True when ``max_steps`` stopped training."""
+        cfg, p = self.cfg, self.progress
+        lr = lr_at(epoch, cfg.train.epochs, cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.method.on_epoch_start(epoch)
+        self.network.train()
+        dev = self.device
+        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        correct = torch.zeros((), device=dev, dtype=torch.int64)
+        seen = 0
+        first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
+        start_step = p.step_in_epoch
+        t0 = time.perf_counter()
+        max_steps = cfg.train.max_steps
+        for step, batch in enumerate(self.train_batches.epoch(epoch, start_step=start_step), start=start_step):
+            with autocast_context(dev, cfg.train.amp):
+                output = self.method.forward_batch(self.forward, batch)
+                loss, parts = self.method.loss(batch, output)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            # NaN guard without a host sync on every GPU step: remember the first bad step on the device
+            bad = ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+            loss_sum += loss.detach().double() * batch.labels.numel()
+            with torch.no_grad():
+                pred = self.method.inference_logits(output).argmax(dim=1)
+                correct += (pred == batch.labels).sum()
+            seen += batch.labels.numel()
+            p.step_in_epoch = step + 1
+            p.global_step += 1
+            if bar is not None:
+                bar.update(1)
+            if (step + 1) % self.nan_check_every == 0 or step + 1 == len(self.train_batches):
+                self._check_finite(first_bad, epoch)
+            if guard.signum is not None:
+                self._check_finite(first_bad, epoch)
+                self._stop_on_signal(guard.signum, t0)
+            if max_steps is not None and p.global_step >= max_steps:
+                self._check_finite(first_bad, epoch)
+                p.wall_seconds += time.perf_counter() - t0
+                self.save()
+                return True
+        self._check_finite(first_bad, epoch)
+        seconds = time.perf_counter() - t0
+        p.wall_seconds += seconds
+        p.epoch, p.step_in_epoch = epoch + 1, 0
+        record = {"epoch": epoch + 1, "step": p.global_step, "lr": lr,
+                  "loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(seen, 1),
+                  "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+        for k, v in parts.items():
+            record[f"loss_{k}"] = float(v)
+        every = cfg.train.eval_every
+        if epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0):
+            self.last_eval = self.evaluate()
+            record.update({k: self.last_eval[k] for k in ("top1", "many", "medium", "few", "ece")})
+        if bar is not None:
+            bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}",
+                            refresh=False)
+        self.logger.log_epoch(record)
+        self.save()
+        return False
+
+    def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
+        bad_step = int(first_bad)
+        if bad_step >= 0:
+            ckpt = self.checkpoint_path
+            kept = f"the last good checkpoint is kept at {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"the loss became NaN or infinite at epoch {epoch + 1} (1-based), step {bad_step} of that epoch; "
+                f"training stopped and {kept}. Try a lower optim.lr, optim.grad_clip=5, or train.amp=none."
+            )
+
+    def _stop_on_signal(self, signum: int, t0: float) -> None:
+        self.progress.wall_seconds += time.perf_counter() - t0
+        self.save()
+        name = signal.Signals(signum).name
+        err = Interrupted(
+            f"{name} received: stopped after epoch {self.progress.epoch + 1} step {self.progress.step_in_epoch} "
+            f"and saved {self.checkpoint_path}.\nResume with: longtail train --resume {self.run_dir}"
+        )
+        err.exit_code = 128 + int(signum)
+        raise err

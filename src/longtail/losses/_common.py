@@ -1,0 +1,77 @@
+"""Input checks and conversions shared by the classification losses (internal)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CountsLike = Union[Tensor, np.ndarray, Sequence[float]]
+
+
+def as_counts(counts: CountsLike, name: str = "counts") -> Tensor:
+    """Per-class training counts n_c as a float64 CPU tensor [C]; every n_c must be finite and > 0.
+
+    A zero count has no prior (log 0 = −inf) and no class-balanced weight (1 − β⁰ = 0), so it is an
+    error rather than a silent NaN.
+    """
+    t = torch.as_tensor(np.asarray(counts.detach().cpu() if isinstance(counts, Tensor) else counts),
+                        dtype=torch.float64)
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D list of per-class counts (got shape {tuple(t.shape)})")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite (got {t.tolist()})")
+    bad = (t <= 0).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{name} must be > 0 for every class; class(es) {bad[:10]} have "
+                         f"{[t[i].item() for i in bad[:10]]}. Every class needs at least one training sample")
+    return t
+
+
+def as_class_weight(weight: Optional[CountsLike], name: str = "weight") -> Optional[Tensor]:
+    """Per-class loss weights as a float32 tensor [C] (kept on its device), or None."""
+    if weight is None:
+        return None
+    w = torch.as_tensor(weight).detach()
+    if w.dim() != 1 or w.numel() == 0:
+        raise ValueError(f"{name} must be a 1-D tensor of per-class weights (got shape {tuple(w.shape)})")
+    w = w.to(torch.float32)
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0 (got {w.tolist()[:10]}...)")
+    return w
+
+
+def check_gamma(gamma: float) -> float:
+    if not (isinstance(gamma, (int, float)) and np.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"focal gamma must be a finite number >= 0 (got {gamma!r}); 0 gives plain CE")
+    return float(gamma)
+
+
+def prepare(logits: Tensor, targets: Tensor, num_classes: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """Check shapes and return (float32 logits [B, C], int64 targets [B]).
+
+    Target values are not range-checked here: that would force a GPU sync every step. Out-of-range
+    targets fail inside ``cross_entropy`` / ``gather``.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, C] (got shape {tuple(logits.shape)})")
+    if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(f"targets must be [B] = [{logits.shape[0]}] class indices to match logits "
+                         f"{tuple(logits.shape)} (got shape {tuple(targets.shape)})")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integer class indices (got dtype {targets.dtype}); "
+                         "soft labels are not supported by this loss")
+    if num_classes is not None and logits.shape[1] != num_classes:
+        raise ValueError(f"logits have {logits.shape[1]} classes but the loss was built for {num_classes}")
+    return logits.float(), targets.long()
+
+
+def weight_on(weight: Optional[Tensor], logits: Tensor) -> Optional[Tensor]:
+    """The class-weight buffer as float32 on the logits' device (a no-op when already there)."""
+    if weight is None:
+        return None
+    if weight.shape[0] != logits.shape[1]:
+        raise ValueError(f"class weight has {weight.shape[0]} entries but logits have {logits.shape[1]} classes")
+    return weight.to(device=logits.device, dtype=torch.float32)

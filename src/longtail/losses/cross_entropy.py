@@ -1,0 +1,52 @@
+"""(Weighted) softmax cross-entropy (METHODS.md §0.1-§0.2, §1: CE and the DRW switch)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longtail.losses._common import CountsLike, as_class_weight, prepare, weight_on
+
+
+def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    """CE(s, y) = −s_y + logsumexp_c s_c, averaged with PyTorch's weighted-mean semantics.
+
+    loss = Σ_i w_{y_i} CE_i / Σ_i w_{y_i}  (plain mean when ``weight`` is None).
+
+    Shape:
+        logits [B, C] (any float dtype; computed in float32), targets [B] int64, weight [C] or None
+        -> scalar float32.
+    """
+    logits, targets = prepare(logits, targets)
+    return F.cross_entropy(logits, targets, weight=weight_on(weight, logits))
+
+
+class CrossEntropyLoss(nn.Module):
+    """Softmax cross-entropy with optional per-class weights (a float32 buffer ``weight`` [C] or None).
+
+    ``loss = Σ_i w_{y_i}·CE(s_i, y_i) / Σ_i w_{y_i}``, the mean over the batch when unweighted.
+    DRW calls :meth:`set_weight` at its switch epoch.
+
+    Shape:
+        logits [B, C] (any float dtype, cast to float32 first), targets [B] int64 -> scalar float32.
+    """
+
+    def __init__(self, weight: Optional[CountsLike] = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", as_class_weight(weight), persistent=False)
+
+    def set_weight(self, weight: Optional[CountsLike]) -> None:
+        """Replace the class weights (None: unweighted).
+
+        The new weights go to the device of the previous ones; with none before, pass them on the
+        training device (forward would otherwise copy them to the logits' device every step).
+        """
+        new = as_class_weight(weight)
+        if new is not None and self.weight is not None:
+            new = new.to(self.weight.device)
+        self.weight = new
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return weighted_cross_entropy(logits, targets, self.weight)

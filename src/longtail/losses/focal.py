@@ -1,0 +1,91 @@
+"""Softmax focal loss (Lin et al., arXiv 1708.02002; METHODS.md §1 and pitfall 2)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longtail.losses._common import CountsLike, as_class_weight, check_gamma, prepare, weight_on
+
+PARITIES = ("default", "ldam")
+
+# Lower bound on 1 − p: keeps the gradient of (1 − p)^γ finite for 0 < γ < 1 when p rounds to 1.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _modulate(one_minus_p: Tensor, gamma: float) -> Tensor:
+    return one_minus_p.clamp_min(_TINY).pow(gamma)
+
+
+def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 1.0, weight: Optional[Tensor] = None,
+               parity: str = "default") -> Tensor:
+    """Softmax focal loss.
+
+    ``parity="default"``: p = softmax(s) (unweighted), FL_i = −(1 − p_{y_i})^γ log p_{y_i},
+    loss = Σ_i w_{y_i} FL_i / Σ_i w_{y_i} (plain mean without weights).
+
+    ``parity="ldam"`` reproduces kaidic/LDAM-DRW: ce_i = w_{y_i} CE_i (class-weighted, unreduced),
+    p_i = exp(−ce_i), loss = mean_i (1 − p_i)^γ ce_i. With weights on, its modulating factor uses the
+    weighted CE and the mean is not normalised by Σw (METHODS.md §1 pitfall 2). Without weights both
+    parities agree.
+
+    Shape:
+        logits [B, C] (cast to float32), targets [B] int64, weight [C] or None -> scalar float32.
+    """
+    gamma = check_gamma(gamma)
+    if parity not in PARITIES:
+        raise ValueError(f"focal parity must be one of {', '.join(PARITIES)} (got '{parity}')")
+    logits, targets = prepare(logits, targets)
+    weight = weight_on(weight, logits)
+    if parity == "ldam":
+        ce = F.cross_entropy(logits, targets, weight=weight, reduction="none")
+        return (_modulate(-torch.expm1(-ce), gamma) * ce).mean()
+    logp_y = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    loss = -_modulate(-torch.expm1(logp_y), gamma) * logp_y  # 1 − p via expm1: accurate near p = 1
+    if weight is None:
+        return loss.mean()
+    w = weight[targets]
+    return (w * loss).sum() / w.sum()
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss with optional class weights (float32 buffer ``weight`` [C] or None).
+
+    See :func:`focal_loss` for the two parities. γ = 0 gives (weighted) CE.
+
+    Args:
+        gamma: focusing parameter γ >= 0 (1 in the LDAM CIFAR baseline).
+        weight: per-class weights w_c, or None.
+        parity: ``"default"`` or ``"ldam"``.
+
+    Shape:
+        logits [B, C] (any float dtype, cast to float32 first), targets [B] int64 -> scalar float32.
+    """
+
+    def __init__(self, gamma: float = 1.0, weight: Optional[CountsLike] = None, parity: str = "default") -> None:
+        super().__init__()
+        self.gamma = check_gamma(gamma)
+        if parity not in PARITIES:
+            raise ValueError(f"focal parity must be one of {', '.join(PARITIES)} (got '{parity}')")
+        self.parity = parity
+        self.register_buffer("weight", as_class_weight(weight), persistent=False)
+
+    def set_weight(self, weight: Optional[CountsLike]) -> None:
+        """Replace the class weights (None: unweighted).
+
+        The new weights go to the device of the previous ones; with none before, pass them on the
+        training device (forward would otherwise copy them to the logits' device every step).
+        """
+        new = as_class_weight(weight)
+        if new is not None and self.weight is not None:
+            new = new.to(self.weight.device)
+        self.weight = new
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return focal_loss(logits, targets, self.gamma, self.weight, self.parity)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, parity={self.parity!r}"
