@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/cpu_throughput")
     ap.add_argument("--no-verify", action="store_true")
     a = ap.parse_args()
+    commit = git_commit()  # the code that runs, read before any later edit of the tree
 
     ds = build_dataset(DataConfig(name="cifar10", root=a.root, imbalance=100, verify=not a.no_verify))
     imgs, labels = ds.train.images, ds.train.labels
@@ -137,7 +138,7 @@ def main() -> None:
         **{f"{k}_{m}_images_per_s_median": statistics.median(v[m]) for k, v in results.items() for m in v},
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "python": platform.python_version(), "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "data_verified": not a.no_verify,
     }
     for m in ("train", "data_only"):

@@ -13,10 +13,9 @@ from longtail.data.batches import (
     Batch,
     EvalBatches,
     InMemoryBatches,
-    LoaderBatches,
-    LoaderEvalBatches,
     _mix_seed,
 )
+from longtail.data.loader import LoaderBatches, LoaderEvalBatches
 from longtail.data.samplers import ClassBalancedSampler, InstanceSampler
 from longtail.errors import ConfigError, DataError
 

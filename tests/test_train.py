@@ -260,3 +260,81 @@ def test_cuda_requested_without_gpu(tmp_path, capsys):
     p = write_cfg(tmp_path, tiny_cfg())
     code, _, err = run_cli(["train", "--config", str(p), "--out", str(tmp_path / "r"), "device=cuda"], capsys)
     assert code == 2 and "no CUDA GPU" in err and not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("over", [
+    {"data.augment": "autoaugment"}, {"data.augment": "randaugment"}, {"data.augment": "simclr"},
+    {"data.augment": "none", "data.cutout": 2}, {"data.sampler": "class_balanced", "data.sampler_k": 4},
+    {"data.sampler": "sqrt"}, {"data.sampler": "progressive"}, {"train.deterministic": "true"},
+    {"optim.nesterov": "true", "optim.grad_clip": 1.0, "optim.schedule": "cosine", "optim.warmup_epochs": 1},
+    {"method.name": "focal"}, {"method.name": "cb", "method.cb_loss": "focal"},
+    {"method.name": "ldam_drw", "model.head": "cosine", "method.drw_epoch": 1}, {"method.name": "la"},
+    {"data.profile": "step"}, {"train.channels_last": "true"},
+])
+def test_options_train_end_to_end(tmp_path, over):
+    cfg = tiny_cfg(**{"train.max_steps": 10, "train.epochs": 2, **over})
+    out = train(cfg, out=str(tmp_path / "r"), echo=quiet)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 10 and 0 <= s["top1"] <= 100
+    assert not torch.are_deterministic_algorithms_enabled()  # global mode restored after the run
+
+
+def test_posthoc_adjustment_at_evaluation(reference_run, capsys):
+    assert main(["eval", str(reference_run), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["agrees_with_summary"] is True
+    assert main(["eval", str(reference_run), "eval.posthoc_tau=1.0", "--json"]) == 0
+    adjusted = json.loads(capsys.readouterr().out)
+    assert adjusted["per_class"] != plain["per_class"]  # the prior moved predictions towards the tail
+
+
+def test_report_and_compare_cli(reference_run, tmp_path, capsys):
+    import shutil
+
+    assert main(["report", str(reference_run)]) == 0
+    for f in ("report.md", "per_class_vs_count.png", "shot_groups.png", "reliability.png", "curves.png"):
+        assert (reference_run / "report" / f).is_file()
+    other = tmp_path / "seed1"
+    train(tiny_cfg(**{"train.seed": 1}), out=str(other), echo=quiet)
+    capsys.readouterr()
+    assert main(["compare", str(reference_run), str(other)]) == 0
+    table = capsys.readouterr().out
+    tops = [json.loads((d / "summary.json").read_text())["top1"] for d in (reference_run, other)]
+    import statistics
+
+    assert f"{statistics.mean(tops):.2f} ± {statistics.stdev(tops):.2f}" in table and "| 2 |" in table
+    shutil.rmtree(other)
+
+
+def test_list_file_dataset_trains_through_the_loader(tmp_path):
+    """ImageNet-LT-style list files: images on disk, `path label` lines, the DataLoader source."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    lines = {"train": [], "test": []}
+    for split, per_class in (("train", [6, 3, 1]), ("test", [2, 2, 2])):
+        for c, n in enumerate(per_class):
+            for i in range(n):
+                rel = f"{split}/c{c}/{i}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / rel)
+                lines[split].append(f"{rel} {c}")
+    for split in lines:
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines[split]) + "\n")
+    cfg = tiny_cfg(**{"data.name": "imagenet_lt", "data.root": str(root), "data.train_list": str(tmp_path / "train.txt"),
+                      "data.test_list": str(tmp_path / "test.txt"), "data.num_workers": 0, "train.batch_size": 4,
+                      "data.augment": "standard", "train.max_steps": 3})
+    out = train(cfg, out=str(tmp_path / "r"), echo=quiet)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["train_counts"] == [6, 3, 1] and s["num_test"] == 6 and s["steps"] == 3
+    # a label out of range in the list is reported with its line number, before anything is written
+    (tmp_path / "bad.txt").write_text("train/c0/0.png 0\ntrain/c0/1.png 7\n")
+    cfg.data.train_list, cfg.data.num_classes = str(tmp_path / "bad.txt"), 3
+    with pytest.raises(Exception, match="line 2"):
+        train(cfg, out=str(tmp_path / "r2"), echo=quiet)
+    assert not (tmp_path / "r2").exists()

@@ -89,7 +89,8 @@ def _aug_kwargs(cfg: C.Config, ds: Dataset) -> dict:
 
 def build_eval_batches(cfg: C.Config, ds: Dataset, device: torch.device):
     from longtail.data.augment import build_torchvision_transform, build_view
-    from longtail.data.batches import EvalBatches, LoaderEvalBatches
+    from longtail.data.batches import EvalBatches
+    from longtail.data.loader import LoaderEvalBatches
 
     kw = _aug_kwargs(cfg, ds)
     if isinstance(ds.test, ArraySplit):
@@ -102,7 +103,8 @@ def build_eval_batches(cfg: C.Config, ds: Dataset, device: torch.device):
 
 def build_train_batches(cfg: C.Config, ds: Dataset, method, device: torch.device):
     from longtail.data.augment import build_torchvision_transform, build_view
-    from longtail.data.batches import InMemoryBatches, LoaderBatches
+    from longtail.data.batches import InMemoryBatches
+    from longtail.data.loader import LoaderBatches
     from longtail.data.samplers import build_sampler
 
     d = cfg.data
@@ -174,7 +176,15 @@ def train(cfg: C.Config, *, out: Optional[str] = None, resume: Optional[str] = N
     device = resolve_device(cfg.device)
     run_dir = _prepare_run_dir(cfg, out, resume)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt") if resume else None
-    seed_everything(cfg.train.seed, cfg.train.deterministic, device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(cfg.train.seed, cfg.train.deterministic, device)
+        return _train(cfg, run_dir, state, device, command, echo)
+    finally:  # a library call must not leave the process in deterministic mode
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(cfg: C.Config, run_dir: Path, state: Optional[dict], device: torch.device, command: str, echo) -> Path:
     if not cfg.data.verify:
         echo("warning: data.verify=false: checksums are not verified; summary.json records data_verified: false")
     pieces = build_pieces(cfg, device)
