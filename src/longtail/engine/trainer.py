@@ -79,7 +79,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.network = network  # the plain module: its state_dict is what we save
-        self.forward = forward or network  # possibly torch.compile'd
+        self.forward = forward if forward is not None else network  # possibly torch.compile'd
         self.method = method
         self.train_batches = train_batches
         self.eval_batches = eval_batches
