@@ -294,12 +294,13 @@ def test_auto_augment_matches_pil_loop():
     _close_to_pil(got, _batch(np.stack(ref)))
 
 
-@pytest.mark.parametrize("m, mstd", [(9, 0.5), (5, 0.0)])
-def test_rand_augment_matches_pil_loop(m, mstd):
+@pytest.mark.parametrize("m, mstd, shift", [(9, 0.5, None), (5, 0.0, None), (10, 0.5, 7.0)])
+def test_rand_augment_matches_pil_loop(m, mstd, shift):
     b = 96
     arr = _images(b=b, lo=20, hi=230)
     fill = (0.4, 0.5, 0.6)
-    got = A.rand_augment(_batch(arr), _gen(8), n=2, m=m, mstd=mstd, fill=fill)
+    got = A.rand_augment(_batch(arr), _gen(8), n=2, m=m, mstd=mstd, fill=fill, translate_px=shift)
+    level10 = 0.45 * 32 if shift is None else shift  # translation at level 10: relative or absolute
     g = _gen(8)
     op = torch.randint(0, 15, (b, 2), generator=g)
     u = torch.rand(b, 2, 2, generator=g)
@@ -317,7 +318,7 @@ def test_rand_augment_matches_pil_loop(m, mstd):
             sign = -1 if u[i, k, 1] < 0.5 else 1
             applied.add(name)
             v = {"Rotate": 30 * lv * sign, "ShearX": 0.3 * lv * sign, "ShearY": 0.3 * lv * sign,
-                 "TranslateX": 0.45 * 32 * lv * sign, "TranslateY": 0.45 * 32 * lv * sign,
+                 "TranslateX": level10 * lv * sign, "TranslateY": level10 * lv * sign,
                  "Posterize": int(4 * lv), "Solarize": int(256 * lv),
                  "SolarizeAdd": int(110 * lv)}.get(name, 1.8 * lv + 0.1)
             im = _pil_op(im, name, v, fill=pil_fill)
@@ -330,6 +331,8 @@ def test_rand_augment_matches_pil_loop(m, mstd):
 def test_rand_augment_rejects_bad_arguments():
     with pytest.raises(ValueError, match="n >= 0"):
         A.rand_augment(torch.rand(2, 3, 8, 8), _gen(0), n=-1)
+    with pytest.raises(ValueError, match="translate_px must be a finite number of pixels >= 0.*got -1"):
+        A.rand_augment(torch.rand(2, 3, 8, 8), _gen(0), translate_px=-1.0)
 
 
 # ------------------------------------------------------------------ colour ops
@@ -480,3 +483,118 @@ def test_presets_match_the_config_choices():
     from longtail.config import AUGMENTS
 
     assert tuple(A.PRESETS) == tuple(AUGMENTS)
+
+
+# ------------------------------------------------------------------ contrastive presets (METHODS §2.4)
+
+_KW = dict(crop_padding=4, flip=True, cutout=0, randaugment_n=2, randaugment_m=10)
+
+
+@pytest.mark.parametrize("c", [3, 1])
+@pytest.mark.parametrize("preset", ["randaugment", "simclr_rand"])
+def test_build_view_rand_presets_are_the_documented_composition(preset, c):
+    x = torch.randint(0, 256, (5, 16, 16, c), dtype=torch.uint8, generator=_gen(0))
+    mean, std = (0.4,) * c, (0.2,) * c
+    view = A.build_view(preset, image_size=16, randaugment_mstd=0.5, mean=mean, std=std, **_KW)
+    g = _gen(11)
+    ref = A.to_float(x)
+    if preset == "randaugment":
+        ref = A.random_hflip(A.random_crop(ref, g, 16, 4), g)
+    else:  # the simclr steps in order, then RandAugment
+        ref = A.random_hflip(A.random_resized_crop(ref, g, 16, scale=(0.2, 1.0)), g)
+        ref = A.color_jitter(ref, g, 0.4, 0.4, 0.4, 0.1, p=0.8)
+        ref = A.gaussian_blur(A.random_grayscale(ref, g, p=0.2), g, sigma=(0.1, 2.0), p=0.5)
+    ref = A.normalize(A.rand_augment(ref, g, n=2, m=10, mstd=0.5, fill=mean), mean, std)
+    assert torch.equal(view(x, _gen(11)), ref)
+    assert "mstd0.5" in repr(view)
+
+
+@pytest.mark.parametrize("shape", [(6, 32, 32, 3), (6, 1, 8, 8)])
+def test_simclr_rand_extends_simclr(shape):
+    c = 3 if shape[-1] == 3 else 1
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=_gen(0))
+    size = shape[1] if c == 3 else shape[-1]
+    kw = dict(_KW, image_size=size, mean=(0.5,) * c, std=(0.25,) * c)
+    sim, rand = A.build_view("simclr", **kw), A.build_view("simclr_rand", **kw)
+    a, b = sim(x, _gen(2)), rand(x, _gen(2))
+    assert a.shape == b.shape == (6, c, size, size) and torch.isfinite(b).all()
+    assert not torch.equal(a, b)
+    assert torch.equal(rand(x, _gen(2)), b) and not torch.equal(rand(x, _gen(3)), b)
+    # with zero RandAugment ops the rand view is the sim view: sim is an unchanged prefix
+    assert torch.equal(A.build_view("simclr_rand", **dict(kw, randaugment_n=0))(x, _gen(2)), a)
+
+
+def test_build_view_rejects_bad_randaugment_settings():
+    kw = dict(_KW, image_size=8, mean=(0.5,), std=(0.5,))
+    with pytest.raises(ValueError, match="randaugment_mstd >= 0, got 2, 10, -0.5"):
+        A.build_view("simclr_rand", **dict(kw, randaugment_mstd=-0.5))
+    with pytest.raises(ValueError, match="randaugment_m in \\[0, 10\\]"):
+        A.build_view("randaugment", **dict(kw, randaugment_m=11))
+    with pytest.raises(ValueError, match="randaugment_mstd >= 0"):
+        A.build_torchvision_transform("randaugment", train=True, randaugment_mstd=-1.0, **kw)
+
+
+def _large(preset, train=True, mstd=0.5, c=3):
+    return A.build_torchvision_transform(preset, train=train, image_size=224, crop_padding=0, flip=True, cutout=0,
+                                         randaugment_mstd=mstd, mean=(0.485, 0.456, 0.406)[:c],
+                                         std=(0.229, 0.224, 0.225)[:c], resize=256, center_crop=224)
+
+
+def _flat(compose):
+    """The transforms of a Compose, with RandomApply's contents listed after it."""
+    out = []
+    for t in compose.transforms:
+        out += [t] + (list(t.transforms) if type(t).__name__ == "RandomApply" else [])
+    return out
+
+
+@pytest.mark.parametrize("preset", A.PRESETS)
+@pytest.mark.parametrize("train", [True, False])
+def test_large_image_presets_give_224_crops(preset, train):
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (260, 300, 3), dtype=np.uint8))
+    tf = _large(preset, train)
+    torch.manual_seed(0)
+    out = tf(im)
+    assert out.shape == (3, 224, 224) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.manual_seed(0)
+    assert torch.equal(tf(im), out)  # the global generator (seeded per DataLoader worker) drives it
+
+
+def test_large_image_views_follow_methods():
+    import torchvision.transforms as T
+
+    mean = (0.485, 0.456, 0.406)
+
+    def kinds(compose):
+        return [type(t).__name__ for t in _flat(compose)]
+
+    def ra_steps(compose):
+        return [t.fn for t in compose.transforms if getattr(t, "fn", None) is not None
+                and getattr(t.fn, "func", None) is P.rand_augment]
+
+    sim, rand, v0 = _large("simclr"), _large("simclr_rand"), _large("randaugment")
+    for tf in (sim, rand, v0):
+        crop = tf.transforms[0]
+        assert isinstance(crop, T.RandomResizedCrop) and crop.size == (224, 224) and crop.scale == (0.08, 1.0)
+        assert "GaussianBlur" not in kinds(tf) and isinstance(tf.transforms[1], T.RandomHorizontalFlip)
+    # sim: jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, no RandAugment
+    apply, jitter = sim.transforms[2], sim.transforms[2].transforms[0]
+    assert isinstance(apply, T.RandomApply) and apply.p == 0.8
+    assert jitter.brightness == jitter.contrast == jitter.saturation == (0.6, 1.4) and jitter.hue == (-0.1, 0.1)
+    assert isinstance(sim.transforms[3], T.RandomGrayscale) and sim.transforms[3].p == 0.2
+    assert not ra_steps(sim)
+    # rand: the sim view, then RandAugment
+    assert kinds(rand)[:6] == kinds(sim)[:6] and len(ra_steps(rand)) == 1
+    # v0: jitter with hue 0 always (not in a RandomApply), then RandAugment n2 m10 mstd0.5, 100 px, mean fill
+    assert kinds(v0)[:3] == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"]
+    jitter = v0.transforms[2]
+    assert jitter.brightness == jitter.contrast == jitter.saturation == (0.6, 1.4) and jitter.hue is None
+    for tf in (rand, v0):
+        (ra,) = ra_steps(tf)
+        assert ra.keywords == dict(n=2, m=10, mstd=0.5, fill=mean, translate_px=100)
+    assert ra_steps(_large("randaugment", mstd=0.0))[0].keywords["mstd"] == 0.0  # the caller's choice
+    # the small-image path keeps the CIFAR views: scale 0.2-1 and a blur for sim, relative translations
+    small = A.build_torchvision_transform("simclr_rand", train=True, image_size=32, mean=mean, std=mean,
+                                          randaugment_mstd=0.5, **dict(_KW, cutout=8))
+    assert small.transforms[0].scale == (0.2, 1.0) and "GaussianBlur" in kinds(small)
+    assert ra_steps(small)[0].keywords["translate_px"] is None and "Cutout" not in repr(small)

@@ -130,3 +130,17 @@ def test_missing_data_without_network(tmp_path, capsys, monkeypatch):
     assert code == 2 and "cifar-10-python.tar.gz" in err and str(empty) in err and "LONGTAIL_DATA" in err
     assert "Traceback" not in err
     assert not (tmp_path / "r").exists() and list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["bcl", "bbl"])
+def test_contrastive_methods_train_on_real_cifar10_lt(test_data_root, tmp_path, capsys, method):
+    """A few real steps of the three-view recipes (AutoAugment + Cutout view, two SimCLR-style views)."""
+    require(test_data_root / "cifar-10-batches-bin" / "data_batch_1.bin")
+    out = tmp_path / "run"
+    code, _, err = run(["train", "--config", f"configs/cifar10_lt/{method}.yaml", "--out", str(out),
+                        f"data.root={test_data_root}", "train.batch_size=64", "train.max_steps=3", "train.progress=false",
+                        "device=cpu", "eval.batch_size=1000", *SMALL], capsys)
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["method"] == method and s["steps"] == 3 and s["augment"] == "autoaugment"
+    assert sum(s["train_counts"]) == 12406

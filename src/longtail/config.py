@@ -22,7 +22,7 @@ from longtail.errors import ConfigError
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagenet_lt", "places_lt", "inat2018")
 BASELINE_METHODS = ("ce", "focal", "cb", "ldam_drw", "la")  # more register in longtail.methods
-AUGMENTS = ("none", "standard", "autoaugment", "randaugment", "simclr")
+AUGMENTS = ("none", "standard", "autoaugment", "randaugment", "simclr", "simclr_rand")
 SAMPLERS = ("instance", "class_balanced", "sqrt", "progressive")
 
 
@@ -39,12 +39,13 @@ class DataConfig:
     format: str = "auto"  # CIFAR: auto | python | binary
     download: bool = True
     verify: bool = True  # verify published checksums of local files (cached after the first time)
-    augment: str = "standard"  # none | standard | autoaugment | randaugment | simclr
+    augment: str = "standard"  # none | standard | autoaugment | randaugment | simclr | simclr_rand
     crop_padding: Optional[int] = None  # None: the dataset's default (CIFAR 4, Tiny 8, digits 1)
     flip: Optional[bool] = None  # None: the dataset's default (False for digits)
     cutout: int = 0  # cutout square size in pixels; 0 = off
     randaugment_n: int = 2
     randaugment_m: int = 10
+    randaugment_mstd: float = 0.0  # std of the RandAugment magnitude (timm's mstd; BCL ImageNet: 0.5)
     sampler: str = "instance"  # instance | class_balanced | sqrt | progressive
     sampler_k: int = 1  # class_balanced: consecutive samples per class visit
     source: str = "auto"  # auto | memory | loader
@@ -76,6 +77,24 @@ class MethodConfig:
     drw_epoch: int = 160  # 0-based epoch at which DRW switches on
     drw_beta: float = 0.9999
     la_tau: float = 1.0
+    # contrastive methods (bcl, supcon, bbl): L = alpha * LA-CE(view 0) + beta * contrastive(views 1, 2)
+    temperature: float = 0.1
+    alpha: float = 2.0
+    beta: float = 0.6
+    proj_hidden: int = 512  # projection / prototype MLP: d -> proj_hidden -> proj_dim
+    proj_dim: int = 128
+    cl_views: str = "sim-sim"  # sim-sim | sim-rand | rand-rand (views 1 and 2)
+    class_averaging: bool = True  # BCL ablation switches (METHODS §2.3)
+    class_complement: bool = True
+    # BBL (our reconstruction; docs/methods/bbl.md)
+    bbl_lambda: float = 1.0  # weight of the local-balance term
+    bbl_gamma: float = 0.5  # exponent of the global class weight Omega
+    bbl_global_mode: str = "reweight"  # reweight | logit_adjust
+    bbl_kappa: float = 1.0  # logit_adjust mode: kappa * log(prior) on the centre logits
+    bbl_variant: str = "r1"  # r1 | r2 | r3 | r4
+    bbl_local_repulsion_only: bool = False
+    bbl_r2_batch_positives: bool = False
+    bbl_queue_size: int = 1024  # r4
 
 
 @dataclass
@@ -85,7 +104,7 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 2e-4
     warmup_epochs: int = 5  # linear warm-up: lr * e / warmup for e = 1..warmup (1-based)
-    schedule: str = "step"  # step | cosine | constant
+    schedule: str = "step"  # step | cosine | bcl_cosine | constant
     milestones: list[int] = field(default_factory=lambda: [160, 180])  # 0-based epochs
     gamma: float = 0.01  # step factor applied at each milestone
     grad_clip: Optional[float] = None
@@ -343,6 +362,7 @@ def validate(cfg: Config) -> Config:
     _check(d.sampler_k >= 1, f"data.sampler_k must be >= 1 (got {d.sampler_k})")
     _check(d.cutout >= 0, f"data.cutout must be >= 0 pixels (got {d.cutout})")
     _check(d.crop_padding is None or d.crop_padding >= 0, f"data.crop_padding must be >= 0 (got {d.crop_padding})")
+    _check(d.randaugment_mstd >= 0, f"data.randaugment_mstd must be >= 0 (got {d.randaugment_mstd})")
     _check(d.num_workers >= 0, f"data.num_workers must be >= 0 (got {d.num_workers})")
     _check(0 <= d.randaugment_m <= 10 and d.randaugment_n >= 0,
            f"data.randaugment_n must be >= 0 and data.randaugment_m in [0, 10] (got {d.randaugment_n}, {d.randaugment_m})")
@@ -357,12 +377,21 @@ def validate(cfg: Config) -> Config:
     _check(m.ldam_max_margin >= 0, f"method.ldam_max_margin must be >= 0 (got {m.ldam_max_margin})")
     _check(m.ldam_scale > 0, f"method.ldam_scale must be > 0 (got {m.ldam_scale})")
     _check(m.drw_epoch >= 0, f"method.drw_epoch must be >= 0 (got {m.drw_epoch})")
+    _check(m.temperature > 0, f"method.temperature must be > 0 (got {m.temperature})")
+    _check(m.alpha >= 0 and m.beta >= 0, f"method.alpha and method.beta must be >= 0 (got {m.alpha}, {m.beta})")
+    _check(m.proj_hidden >= 1 and m.proj_dim >= 1, "method.proj_hidden and method.proj_dim must be >= 1")
+    _choice("method.cl_views", m.cl_views, ("sim-sim", "sim-rand", "rand-rand"))
+    _check(m.bbl_lambda >= 0, f"method.bbl_lambda must be >= 0 (got {m.bbl_lambda})")
+    _check(m.bbl_gamma >= 0, f"method.bbl_gamma must be >= 0 (got {m.bbl_gamma})")
+    _choice("method.bbl_global_mode", m.bbl_global_mode, ("reweight", "logit_adjust"))
+    _choice("method.bbl_variant", m.bbl_variant, ("r1", "r2", "r3", "r4"))
+    _check(m.bbl_queue_size >= 1, f"method.bbl_queue_size must be >= 1 (got {m.bbl_queue_size})")
     _check(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
     _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
     _check(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs})")
-    _choice("optim.schedule", o.schedule, ("step", "cosine", "constant"))
+    _choice("optim.schedule", o.schedule, ("step", "cosine", "bcl_cosine", "constant"))
     _check(o.gamma > 0, f"optim.gamma must be > 0 (got {o.gamma})")
     _check(all(x >= 0 for x in o.milestones), f"optim.milestones must be >= 0 (got {o.milestones})")
     _check(o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be > 0 or null (got {o.grad_clip})")

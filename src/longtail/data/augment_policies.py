@@ -425,16 +425,19 @@ def _ra_tables(device: torch.device) -> tuple[Tensor, ...]:
 
 
 def rand_augment(x: Tensor, g: torch.Generator, n: int = 2, m: float = 10.0, mstd: float = 0.0,
-                 fill: Fill = 128 / 255, p: float = 0.5) -> Tensor:
+                 fill: Fill = 128 / 255, p: float = 0.5, translate_px: float | None = None) -> Tensor:
     """timm-style RandAugment: ``n`` ops drawn uniformly with replacement from the 15 of
     :data:`RA_OPS`, each applied with probability ``p``, per sample.
 
     The level is ``m`` (``mstd == 0``), ``N(m, mstd^2)`` (``mstd > 0``) or ``U(0, m)``
     (``mstd == inf``), clipped to [0, 10] like timm (so m > 10 acts as 10). timm's level mappings
     are kept, including their quirks: posterize keeps ``int(4 L / 10)`` bits and solarize inverts
-    levels >= ``int(256 L / 10)``, so at L = 10 solarize does nothing. Random draws, all from
-    ``g``: ``randint(15, [B, n])``, ``rand([B, n, 2])`` (apply, negate), then ``randn([B, n])``
-    when ``0 < mstd < inf`` or ``rand([B, n])`` when ``mstd == inf``.
+    levels >= ``int(256 L / 10)``, so at L = 10 solarize does nothing. Translations reach 0.45 of
+    the image side at level 10 (timm's relative TranslateRel); a given ``translate_px`` makes them
+    absolute instead, ``translate_px`` pixels at level 10 (timm's TranslateX with
+    ``translate_const``; the BCL ImageNet recipe uses ``int(0.45 * 224) = 100``). Random draws,
+    all from ``g``: ``randint(15, [B, n])``, ``rand([B, n, 2])`` (apply, negate), then
+    ``randn([B, n])`` when ``0 < mstd < inf`` or ``rand([B, n])`` when ``mstd == inf``.
 
     Shape:
         x: [B, C, H, W] in [0, 1]; returns the same shape.
@@ -442,8 +445,13 @@ def rand_augment(x: Tensor, g: torch.Generator, n: int = 2, m: float = 10.0, mst
     check_batch(x, g)
     if n < 0 or not mstd >= 0 or not 0.0 <= p <= 1.0:
         raise ValueError(f"rand_augment needs n >= 0, mstd >= 0 and p in [0, 1], got n={n}, mstd={mstd}, p={p}")
+    if translate_px is not None and not 0.0 <= translate_px < math.inf:
+        raise ValueError(f"translate_px must be a finite number of pixels >= 0 (or None), got {translate_px}")
     b, _, h, w = x.shape
     top, offset, signed, integer, axis = _ra_tables(x.device)
+    if translate_px is not None:  # absolute shifts: the level-10 value is in pixels, not scaled by the size
+        shift = axis > 0
+        top, axis = torch.where(shift, float(translate_px), top), torch.where(shift, 0, axis)
     op = torch.randint(0, len(_RA_NAMES), (b, n), generator=g, device=x.device)
     u = torch.rand(b, n, 2, generator=g, device=x.device)
     if math.isinf(mstd):

@@ -106,14 +106,22 @@ def build_dataset(dcfg: DataConfig) -> Dataset:
     return _build_list_dataset(dcfg)
 
 
+def _list_path(path: str, root: Path) -> Path:
+    """A relative list path is looked for under the data root first, then in the working directory."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and (root / p).is_file():
+        return root / p
+    return p
+
+
 def _build_list_dataset(dcfg: DataConfig) -> Dataset:
     from longtail.data.listfile import check_disjoint, read_list_file
 
     root = data_root(dcfg.root)
     kw = dict(num_classes=dcfg.num_classes, path_prefix=dcfg.path_prefix)
-    train = read_list_file(Path(dcfg.train_list), root, **kw)
-    test = read_list_file(Path(dcfg.test_list), root, **kw)
-    val = read_list_file(Path(dcfg.val_list), root, **kw) if dcfg.val_list else None
+    train = read_list_file(_list_path(dcfg.train_list, root), root, **kw)
+    test = read_list_file(_list_path(dcfg.test_list, root), root, **kw)
+    val = read_list_file(_list_path(dcfg.val_list, root), root, **kw) if dcfg.val_list else None
     if val is not None and dcfg.name in ("imagenet_lt", "places_lt"):
         check_disjoint(train, val)
     num_classes = dcfg.num_classes or int(max(train.labels.max(), test.labels.max())) + 1

@@ -84,7 +84,7 @@ def _aug_kwargs(cfg: C.Config, ds: Dataset) -> dict:
     d = cfg.data
     return dict(image_size=ds.image_size, crop_padding=pad if d.crop_padding is None else d.crop_padding,
                 flip=flip if d.flip is None else d.flip, cutout=d.cutout, randaugment_n=d.randaugment_n,
-                randaugment_m=d.randaugment_m, mean=ds.mean, std=ds.std)
+                randaugment_m=d.randaugment_m, randaugment_mstd=d.randaugment_mstd, mean=ds.mean, std=ds.std)
 
 
 def build_eval_batches(cfg: C.Config, ds: Dataset, device: torch.device):
@@ -109,7 +109,7 @@ def build_train_batches(cfg: C.Config, ds: Dataset, method, device: torch.device
 
     d = cfg.data
     kw = _aug_kwargs(cfg, ds)
-    presets = [d.augment] * method.num_views
+    presets = method.view_presets()
     sampler = build_sampler(d.sampler, ds.train.labels, seed=cfg.train.seed, k=d.sampler_k,
                             total_epochs=cfg.train.epochs)
     source = d.source if d.source != "auto" else ("memory" if isinstance(ds.train, ArraySplit) else "loader")

@@ -105,12 +105,15 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         p = self.progress
         return {"version": CHECKPOINT_VERSION, "model": self.network.state_dict(),
+                "method": self.method.state_dict(),  # stateful losses (e.g. BBL's epoch memory and queue)
                 "optimizer": self.optimizer.state_dict(), "epoch": p.epoch, "step_in_epoch": p.step_in_epoch,
                 "global_step": p.global_step, "wall_seconds": p.wall_seconds, "config": to_dict(self.cfg),
                 "rng": rng}
 
     def load_state_dict(self, state: dict) -> None:
         self.network.load_state_dict(state["model"])
+        if "method" in state:
+            self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"]),
                                  float(state.get("wall_seconds", 0.0)))
@@ -157,12 +160,13 @@ class Trainer:
         lr = lr_at(epoch, cfg.train.epochs, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.method.on_epoch_start(epoch)
+        self.method.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
         self.network.train()
         dev = self.device
         loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
         correct = torch.zeros((), device=dev, dtype=torch.int64)
         seen = 0
+        part_sums: dict[str, torch.Tensor] = {}
         first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
         start_step = p.step_in_epoch
         t0 = time.perf_counter()
@@ -180,6 +184,8 @@ class Trainer:
             bad = ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
             loss_sum += loss.detach().double() * batch.labels.numel()
+            for k, v in parts.items():
+                part_sums[k] = part_sums.get(k, 0.0) + v.detach().double() * batch.labels.numel()
             with torch.no_grad():
                 pred = self.method.inference_logits(output).argmax(dim=1)
                 correct += (pred == batch.labels).sum()
@@ -205,8 +211,8 @@ class Trainer:
         record = {"epoch": epoch + 1, "step": p.global_step, "lr": lr,
                   "loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(seen, 1),
                   "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
-        for k, v in parts.items():
-            record[f"loss_{k}"] = float(v)
+        for k, v in part_sums.items():  # epoch means of the loss's named parts
+            record[f"loss_{k}"] = float(v) / max(seen, 1)
         every = cfg.train.eval_every
         if epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0):
             self.last_eval = self.evaluate()

@@ -68,8 +68,16 @@ class Method(nn.Module):
     def build_network(self, num_classes: int, in_channels: int) -> Network:
         return build_network(self.cfg.model, num_classes, in_channels)
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called before each 0-based epoch (and on resume), so schedules depend only on the epoch."""
+    def view_presets(self) -> list[str]:
+        """Augmentation preset of each view the batch source must produce (baselines: one view)."""
+        return [self.cfg.data.augment] * self.num_views
+
+    def on_epoch_start(self, epoch: int, *, fresh: bool = True) -> None:
+        """Called before each 0-based epoch and on resume, so schedules depend only on the epoch.
+
+        ``fresh`` is False when a run resumes in the middle of ``epoch``: per-epoch state (e.g. BBL's
+        epoch memory) was already rolled over before the checkpoint and must not roll again.
+        """
 
     def forward_batch(self, network: Callable, batch: Batch) -> NetOutput:
         """Run the network on the views this method needs (baselines: the first view only)."""

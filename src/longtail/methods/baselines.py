@@ -64,7 +64,7 @@ class LDAMDRW(Method):
         self.register_buffer("drw_weights", class_balanced_weights(train_counts, m.drw_beta), persistent=False)
         self.drw_on = False
 
-    def on_epoch_start(self, epoch: int) -> None:
+    def on_epoch_start(self, epoch: int, *, fresh: bool = True) -> None:
         self.drw_on = epoch >= self.cfg.method.drw_epoch
         self.criterion.set_weight(self.drw_weights if self.drw_on else None)
 

@@ -1,0 +1,141 @@
+"""Balanced contrastive loss (BCL; Zhu et al., arXiv 2207.09052), exactly METHODS.md §2.3.
+
+The official code's defects (METHODS.md §2.6) are not copied: prototypes are never anchors, the
+own-class count excludes the anchor, every class count includes its prototype, the per-element weights
+come from ``bincount`` + ``gather`` on the device (no Python loop over the 2B + C contrast entries),
+and under DDP the loss is averaged over this rank's anchors against the all-gathered batch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from longtail.losses.supcon import (
+    anchor_rows,
+    check_reduction,
+    check_temperature,
+    flatten_views,
+    no_autocast,
+    reduce_anchors,
+)
+
+
+def _check_prototypes(prototypes: Optional[Tensor], dim: int, complement: bool, z: Tensor) -> Optional[Tensor]:
+    if prototypes is None:
+        if complement:
+            raise ValueError("prototypes [C, D] are required with class_complement=True; pass the prototype "
+                             "head's output normalize(q(W)), or build the loss with class_complement=False")
+        return None
+    if not isinstance(prototypes, Tensor) or prototypes.dim() != 2 or prototypes.shape[0] == 0 \
+            or prototypes.shape[1] != dim:
+        got = tuple(prototypes.shape) if isinstance(prototypes, Tensor) else type(prototypes).__name__
+        raise ValueError(f"prototypes must be a [C, D] = [num_classes, {dim}] tensor, one row per class with "
+                         f"the embeddings' dimension; got {got}")
+    if not prototypes.dtype.is_floating_point:
+        raise ValueError(f"prototypes must be a float tensor (got dtype {prototypes.dtype})")
+    if prototypes.device != z.device:
+        raise ValueError(f"prototypes are on {prototypes.device} but embeddings on {z.device}; "
+                         "move both to the same device")
+    return prototypes.to(z.dtype)
+
+
+def _check_label_range(labels: Tensor, num_classes: Optional[int]) -> None:
+    # One host sync per step; an out-of-range label would otherwise silently grow bincount.
+    lo, hi = torch.stack([labels.min(), labels.max()]).tolist()
+    if num_classes is None and lo < 0:
+        raise ValueError(f"labels must be class indices >= 0 (got min {lo})")
+    if num_classes is not None and (lo < 0 or hi >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}) to match the {num_classes} prototypes "
+                         f"(got min {lo}, max {hi})")
+
+
+class BCLLoss(nn.Module):
+    """Balanced contrastive loss L_BCL (METHODS.md §2.3).
+
+    Anchors are the N·V sample embeddings (prototypes never are). The contrast set A is the samples
+    plus, with ``class_complement``, the C prototypes (prototype k has label k). With m_k the number
+    of members of A with label k (V·b_k + 1 with the complement, V·b_k without; b_k images of class k
+    in the batch), for anchor i of label y:
+
+    - log D_i = logsumexp over a ∈ A \\ {i} of [ z_i·a/τ − log(m_{label(a)} − 1[label(a) = y]) ]
+      (class-averaged: each class contributes the mean of its exp-similarities, the anchor excluded
+      from its own class's sum and count; an absent class contributes exactly exp(z_i·c_k/τ));
+    - P(i) = {a ∈ A \\ {i} : label(a) = y}: the other views, the other same-class samples and, with
+      the complement, the class prototype (|P(i)| ≥ 2 with the complement and V = 2);
+    - L_i = log D_i − (1/|P(i)|) Σ_{p∈P(i)} z_i·p/τ, and L_BCL = mean_i L_i.
+
+    ``class_averaging=False`` sets every weight to 1; ``class_complement=False`` drops the prototypes
+    (the ``prototypes`` argument is then unused and may be None). With both off the loss is SupCon
+    (:class:`~longtail.losses.supcon.SupConLoss`). Gradients reach the classifier W through the
+    prototypes. An anchor without positives (only possible without the complement and with V = 1) is
+    skipped as in SupCon: excluded from the mean, 0 in ``reduction="none"``.
+
+    The math runs in float32 even under autocast (float64 inputs stay float64). Inputs are used as
+    given; L2-normalise embeddings and prototypes first.
+
+    Args:
+        temperature: τ > 0 (0.1 CIFAR, 0.07 ImageNet-LT/iNat).
+        class_averaging: weight each class by 1/count in the denominator.
+        class_complement: add the C class prototypes to the contrast set.
+        reduction: ``"mean"`` (scalar) or ``"none"`` (per-anchor losses, image-major: anchor n·V + v is
+            view v of image n).
+
+    Shape:
+        embeddings [N, V, D] (L2-normalised), labels [N] integer in [0, C), prototypes [C, D]
+        (L2-normalised) or None without the complement, local_range (start, end) or None
+        -> scalar, or [N·V] (``[(end − start)·V]`` with ``local_range``) for ``reduction="none"``.
+        float32 (float64 for float64 embeddings).
+
+    ``local_range=(start, end)``: for DDP. ``embeddings``/``labels`` are the all-gathered global batch
+    (``engine.distributed.all_gather_with_grad``); only the anchors of images start..end−1 enter the
+    mean, while the contrast set and the counts m_k use the global batch (METHODS.md §2.6 item 5).
+    """
+
+    def __init__(self, temperature: float = 0.1, class_averaging: bool = True, class_complement: bool = True,
+                 reduction: str = "mean") -> None:
+        super().__init__()
+        for name, flag in (("class_averaging", class_averaging), ("class_complement", class_complement)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False (got {flag!r})")
+        self.temperature = check_temperature(temperature)
+        self.class_averaging = class_averaging
+        self.class_complement = class_complement
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, prototypes: Optional[Tensor] = None,
+                local_range: Optional[tuple[int, int]] = None) -> Tensor:
+        z, y = flatten_views(embeddings, labels)
+        protos = _check_prototypes(prototypes, z.shape[1], self.class_complement, z)
+        _check_label_range(labels, None if protos is None else protos.shape[0])
+        r0, r1 = anchor_rows(embeddings.shape[0], embeddings.shape[1], local_range)
+        if self.class_complement:
+            targets = torch.cat([z, protos])  # contrast set: N·V samples, then C prototypes
+            target_y = torch.cat([y, torch.arange(protos.shape[0], device=y.device)])
+        else:
+            targets, target_y = z, y
+        with no_autocast(z.device):
+            sim = z[r0:r1] @ targets.T / self.temperature  # [A, M], M = N·V (+ C)
+            cols = torch.arange(targets.shape[0], device=z.device)
+            is_self = cols[None, :] == torch.arange(r0, r1, device=z.device)[:, None]
+            own = y[r0:r1, None] == target_y[None, :]
+            logits = sim
+            if self.class_averaging:
+                # m_{label(a)} for every contrast entry a: bincount + gather, no loop over entries.
+                count = torch.bincount(target_y).to(sim.dtype).index_select(0, target_y)  # [M]
+                # Own class: the anchor leaves the count. m − 1 is 0 only on the (masked) self column
+                # of a one-member class; the clamp keeps log finite there. Logs are taken on [M], not [A, M].
+                logits = sim - torch.where(own, (count - 1).clamp_min(1).log(), count.log())
+            log_d = torch.logsumexp(logits.masked_fill(is_self, float("-inf")), dim=1)
+            pos = own & ~is_self
+            n_pos = pos.sum(1)
+            valid = n_pos > 0
+            loss = log_d - torch.where(pos, sim, 0.0).sum(1) / n_pos.clamp_min(1)
+            loss = torch.where(valid, loss, 0.0)
+        return reduce_anchors(loss, valid, self.reduction)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, class_averaging={self.class_averaging}, "
+                f"class_complement={self.class_complement}, reduction={self.reduction!r}")
