@@ -366,3 +366,13 @@ def test_compiled_network_is_wired_in(tmp_path, monkeypatch):
     out = train(tiny_cfg(**{"train.compile": "true", "train.max_steps": 3}), out=str(tmp_path / "r"), echo=quiet)
     assert calls["n"] >= 3
     assert not any(k.startswith("_orig_mod") for k in weights(out))
+
+
+def test_run_files_are_readable(reference_run):
+    """Atomic writes go through mkstemp (mode 0600); the final files get the usual umask mode."""
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.yaml", "summary.json", "checkpoints/last.pt", "metrics.jsonl"):
+        assert stat.S_IMODE((reference_run / name).stat().st_mode) == 0o666 & ~mask, name

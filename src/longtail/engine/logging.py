@@ -22,6 +22,7 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True):
         self.path = run_dir / "metrics.jsonl"
+        self.path.touch()  # exists from the start, even if no epoch finishes
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
