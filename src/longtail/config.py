@@ -419,3 +419,67 @@ def run_name(cfg: Config) -> str:
         return cfg.name
     r = int(cfg.data.imbalance) if float(cfg.data.imbalance).is_integer() else cfg.data.imbalance
     return f"{cfg.data.name}_r{r}_{cfg.method.name}_s{cfg.train.seed}"
+
+
+def load_dataclass(cls: type, path: Optional[str | Path] = None, overrides: Optional[list[str]] = None):
+    """Load any config dataclass (e.g. a stage's own config) from YAML + dotted overrides, with the
+    same typed conversion and nearest-key errors as :func:`load` (without its validation)."""
+    obj = cls()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        _apply_dict_any(obj, data)
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' must look like KEY=VALUE")
+        key, raw = ov.split("=", 1)
+        _set_key_any(obj, key.strip(), raw.strip())
+    return obj
+
+
+def _nearest(key: str, keys: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _apply_dict_any(obj: Any, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"section '{prefix.rstrip('.') or '<top>'}' must be a mapping (got {data!r})")
+    types_ = _field_types(type(obj))
+    for k, v in data.items():
+        key = prefix + str(k)
+        if k not in types_:
+            raise _nearest(key, all_keys(type(obj)))
+        tp = types_[k]
+        if _is_dataclass_type(tp):
+            _apply_dict_any(getattr(obj, k), v or {}, key + ".")
+        else:
+            setattr(obj, k, _convert(key, v, tp))
+
+
+def _set_key_any(obj: Any, key: str, raw: str) -> None:
+    root, parts = obj, key.split(".")
+    for i, p in enumerate(parts):
+        types_ = _field_types(type(obj))
+        if p not in types_:
+            raise _nearest(key, all_keys(type(root)))
+        tp = types_[p]
+        if i < len(parts) - 1:
+            if not _is_dataclass_type(tp):
+                raise _nearest(key, all_keys(type(root)))
+            obj = getattr(obj, p)
+            continue
+        if tp is str or typing.get_args(tp) == (str, type(None)):
+            value: Any = raw
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+        setattr(obj, p, _convert(key, value, tp))
