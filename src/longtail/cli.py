@@ -6,6 +6,9 @@
     longtail compare RUN_DIR [RUN_DIR ...]
     longtail data info NAME --imbalance R [--json]
     longtail data indices NAME --imbalance R [--root DIR]
+    longtail extract RUN_DIR --out DIR [--splits train,val,test]
+    longtail dlsa --features DIR [--config FILE] --out DIR [KEY=VALUE ...]
+    longtail decouple RUN_DIR --method {crt,lws,tau_norm,posthoc_la} --out DIR [--features DIR] [KEY=VALUE ...]
 
 User errors print one short message and exit non-zero; ``--debug`` shows the traceback.
 """
@@ -48,6 +51,30 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", parents=[common], help="markdown table, mean ± std over seeds per config")
     c.add_argument("run_dirs", nargs="+")
+
+    x = sub.add_parser("extract", parents=[common], help="write a run's backbone features to DIR/features_{split}.h5")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True, help="output folder for features_{split}.h5 and features.json")
+    x.add_argument("--splits", default=None, help="comma-separated, e.g. train,val,test (default: train,test, "
+                                                  "plus val where the dataset has one)")
+    x.add_argument("--batch-size", type=int, default=512)
+    x.add_argument("--device", default="auto")
+    x.add_argument("--data-root", default=None, help="where the run's dataset is now (default: the run's data.root)")
+
+    dc = sub.add_parser("decouple", parents=[common], help="decoupled stage 2 on a trained run (cRT, LWS, tau-norm, post-hoc LA)")
+    dc.add_argument("run_dir")
+    dc.add_argument("--method", required=True, choices=("crt", "lws", "tau_norm", "posthoc_la"))
+    dc.add_argument("--out", required=True, help="the new run directory")
+    dc.add_argument("--features", default=None, help="cached features from 'longtail extract' (default: extract now)")
+    dc.add_argument("--device", default="auto")
+    dc.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="stage-2 settings, e.g. epochs=10 lr=0.2 tau=1.0")
+
+    dl = sub.add_parser("dlsa", parents=[common], help="DLSA (flow-based label-space adjustment) on cached features")
+    dl.add_argument("--features", required=True, help="folder from 'longtail extract' (or your own features_*.h5)")
+    dl.add_argument("--config", default=None, help="DLSA config, e.g. configs/dlsa/cifar_small.yaml")
+    dl.add_argument("--out", required=True, help="the new run directory")
+    dl.add_argument("--device", default="auto")
+    dl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. max_depth=3 llh_proportion=0.3")
 
     d = sub.add_parser("data", parents=[common], help="inspect the long-tailed splits")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -132,12 +159,53 @@ def _cmd_data(a) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare,
+def _cmd_extract(a) -> int:
+    from longtail.features import extract_features
+
+    kw = {}
+    if a.splits:
+        kw["splits"] = tuple(x.strip() for x in a.splits.split(",") if x.strip())
+    else:
+        from longtail import config as C
+
+        cfg_path = Path(a.run_dir) / "config.yaml"
+        if cfg_path.is_file() and C.load(cfg_path).data.val_list:
+            kw["splits"] = ("train", "val", "test")
+    paths = extract_features(Path(a.run_dir), Path(a.out), batch_size=a.batch_size, device=a.device,
+                             data_root=a.data_root, **kw)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def _cmd_decouple(a) -> int:
+    from longtail.decouple import run_decouple
+
+    run_decouple(Path(a.run_dir), a.method, Path(a.out), features_dir=Path(a.features) if a.features else None,
+                 overrides=a.overrides, device=a.device)
+    return 0
+
+
+def _cmd_dlsa(a) -> int:
+    from longtail.dlsa import run_dlsa
+
+    run_dlsa(Path(a.features), Path(a.out), config_path=a.config, overrides=a.overrides, device=a.device)
+    return 0
+
+
+COMMANDS = {"dlsa": _cmd_dlsa, "train": _cmd_train, "extract": _cmd_extract, "decouple": _cmd_decouple, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare,
             "data": _cmd_data}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options too (e.g. `decouple RUN --method crt --out D epochs=5`)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except LongtailError as e:

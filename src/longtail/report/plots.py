@@ -142,3 +142,39 @@ def curves(records: Sequence[dict], path: Path) -> Optional[Path]:
     ax_acc.set_xlabel("epoch")
     ax_acc.grid(True, alpha=0.3)
     return _save(fig, path)
+
+
+def dlsa_stages(stages: Sequence[dict], path: Path) -> Optional[Path]:
+    """DLSA "feature evaluation": how head and tail samples move through the stages.
+
+    Left: the share of each shot group's train samples filtered at each stage (the last, regular stage
+    keeps what remains). Right: test samples owned and accuracy per stage.
+    """
+    if not stages:
+        return None
+    names = [("regular" if st.get("kind") == "regular" else f"stage {st.get('stage')}") for st in stages]
+    x = list(range(len(stages)))
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    width = 0.8 / len(GROUPS)
+    for j, g in enumerate(GROUPS):
+        ys = [((st.get("filtered_share") or {}).get(g)) for st in stages]
+        xs = [i + (j - 1) * width for i, y in enumerate(ys) if y is not None]
+        ys = [100.0 * y for y in ys if y is not None]
+        if ys:
+            ax1.bar(xs, ys, width=width, color=GROUP_COLOURS[g], label=GROUP_LABELS[g])
+    ax1.set_xticks(x, names)
+    ax1.set_ylabel("share of the group's train samples (%)")
+    ax1.set_title("where each shot group goes")
+    ax1.legend(fontsize=8)
+    counts = [st.get("test_count") or 0 for st in stages]
+    ax2.bar(x, counts, color="0.75", label="test samples")
+    ax2.set_xticks(x, names)
+    ax2.set_ylabel("test samples")
+    ax3 = ax2.twinx()
+    acc = [st.get("accuracy") for st in stages]
+    ax3.plot([i for i, a in zip(x, acc) if a is not None], [a for a in acc if a is not None], "o-k", label="accuracy")
+    ax3.set_ylabel("accuracy on the stage's test samples (%)")
+    ax3.set_ylim(0, 100)
+    ax2.set_title("test samples and accuracy per stage")
+    return _save(fig, path)

@@ -24,7 +24,7 @@ PathLike = Union[str, Path]
 REQUIRED = ("top1", "per_class", "train_counts")
 #: Reports list every class up to this many; beyond it the table lives in per_class.csv only.
 MAX_CLASS_ROWS = 200
-PLOT_FILES = ("per_class_vs_count.png", "shot_groups.png", "reliability.png", "curves.png")
+PLOT_FILES = ("per_class_vs_count.png", "shot_groups.png", "reliability.png", "curves.png", "dlsa_stages.png")
 
 
 def _number(x: Any) -> bool:
@@ -196,6 +196,17 @@ def _markdown(summary: dict[str, Any], config: Optional[dict[str, Any]], rows: l
     out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), "| " + " | ".join(vals) + " |", ""]
     out += ["Accuracies and ECE in percent; a group with no class is shown as —. Shot groups by training "
             "count: Many n > 100, Medium 20 ≤ n ≤ 100, Few n < 20.", ""]
+    stages = s.get("stages")
+    if isinstance(stages, list) and stages:
+        out += ["## DLSA stages", "", "| stage | train | test | filtered Many / Medium / Few (%) | purity | NMI | accuracy |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for st in stages:
+            sh = st.get("filtered_share") or {}
+            share = " / ".join(fmt(100.0 * sh[g], 1) if _number(sh.get(g)) else "—" for g in GROUPS)
+            label = "regular" if st.get("kind") == "regular" else str(st.get("stage"))
+            out.append(f"| {label} | {st.get('train_count')} | {st.get('test_count')} | {share} | "
+                       f"{fmt(st.get('purity'), 3)} | {fmt(st.get('nmi'), 3)} | {fmt(st.get('accuracy'))} |")
+        out += [""]
     if images:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in images] + [""]
     out += ["## Per-class accuracy", ""]
@@ -238,6 +249,9 @@ def write_report(run_dir: PathLike) -> Path:
         images.append("reliability.png")
     if records and plots.curves(records, out / "curves.png") is not None:
         images.append("curves.png")
+    stages = summary.get("stages")
+    if isinstance(stages, list) and stages and plots.dlsa_stages(stages, out / "dlsa_stages.png") is not None:
+        images.append("dlsa_stages.png")
 
     path = out / "report.md"
     path.write_text(_markdown(summary, config, rows, images, run_dir.name))

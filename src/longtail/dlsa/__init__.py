@@ -1,0 +1,9 @@
+"""DLSA: dynamic label-space adjustment on cached features (METHODS §4; arXiv 2208.02567).
+
+It works on cached features and knows nothing of images or backbones.
+"""
+
+from longtail.dlsa.config import DLSAConfig, load_dlsa_config
+from longtail.dlsa.pipeline import run_dlsa
+
+__all__ = ["DLSAConfig", "load_dlsa_config", "run_dlsa"]
