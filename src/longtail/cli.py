@@ -7,6 +7,8 @@
     longtail data info NAME --imbalance R [--json]
     longtail data indices NAME --imbalance R [--root DIR]
     longtail extract RUN_DIR --out DIR [--splits train,val,test]
+    longtail bench CONFIG [--steps N] [--json] [KEY=VALUE ...]
+    longtail reproduce SUITE --out DIR [--seeds 0 1 2] [--parallel K]
     longtail dlsa --features DIR [--config FILE] --out DIR [KEY=VALUE ...]
     longtail decouple RUN_DIR --method {crt,lws,tau_norm,posthoc_la} --out DIR [--features DIR] [KEY=VALUE ...]
 
@@ -68,6 +70,24 @@ def _parser() -> argparse.ArgumentParser:
     dc.add_argument("--features", default=None, help="cached features from 'longtail extract' (default: extract now)")
     dc.add_argument("--device", default="auto")
     dc.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="stage-2 settings, e.g. epochs=10 lr=0.2 tau=1.0")
+
+    b = sub.add_parser("bench", parents=[common], help="training images/s: ours vs a per-image PIL DataLoader, same run")
+    b.add_argument("config")
+    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    rp = sub.add_parser("reproduce", parents=[common], help="run a suite of config x seed runs and compare with TARGETS")
+    rp.add_argument("suite", help="smoke, cifar10_lt, tinyimagenet_lt, or a suite YAML file")
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--seeds", type=int, nargs="+", default=[0])
+    rp.add_argument("--parallel", type=int, default=1, help="runs at once on one GPU (CPU: one after another)")
+    rp.add_argument("--device", default="auto")
+    rp.add_argument("--max-retries", type=int, default=1)
+    rp.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     dl = sub.add_parser("dlsa", parents=[common], help="DLSA (flow-based label-space adjustment) on cached features")
     dl.add_argument("--features", required=True, help="folder from 'longtail extract' (or your own features_*.h5)")
@@ -186,6 +206,23 @@ def _cmd_decouple(a) -> int:
     return 0
 
 
+def _cmd_bench(a) -> int:
+    from longtail.bench import format_bench, run_bench
+
+    r = run_bench(a.config, steps=a.steps, warmup=a.warmup, overrides=a.overrides, device=a.device, workers=a.workers)
+    print(json.dumps(r, indent=1) if a.json else format_bench(r))
+    return 0
+
+
+def _cmd_reproduce(a) -> int:
+    from longtail.reproduce import run_suite
+
+    path = run_suite(a.suite, Path(a.out), seeds=tuple(a.seeds), parallel=a.parallel, overrides=a.overrides,
+                     device=a.device, max_retries=a.max_retries)
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_dlsa(a) -> int:
     from longtail.dlsa import run_dlsa
 
@@ -193,7 +230,7 @@ def _cmd_dlsa(a) -> int:
     return 0
 
 
-COMMANDS = {"dlsa": _cmd_dlsa, "train": _cmd_train, "extract": _cmd_extract, "decouple": _cmd_decouple, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare,
+COMMANDS = {"bench": _cmd_bench, "reproduce": _cmd_reproduce, "dlsa": _cmd_dlsa, "train": _cmd_train, "extract": _cmd_extract, "decouple": _cmd_decouple, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare,
             "data": _cmd_data}
 
 

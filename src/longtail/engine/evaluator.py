@@ -8,6 +8,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from longtail.engine import distributed as dist
 from longtail.losses import posthoc_adjust
 from longtail.metrics import MetricAccumulator
 
@@ -26,6 +27,11 @@ def evaluate(network, method, batches: Iterable, train_counts: np.ndarray, *, nu
     """Metrics of ``network`` on ``batches`` (the last-epoch headline numbers when called at the end).
 
     ``posthoc_tau > 0`` applies post-hoc logit adjustment, argmax(s - tau log pi), at evaluation only.
+
+    Distributed: every rank passes its own chunk of the split (``EvalBatches(rank=..., world_size=...)``)
+    and the plain module (not the DDP wrapper, whose forward is a collective and the ranks' batch counts
+    may differ by one). The accumulators' statistics are summed over ranks before the metrics are
+    computed, so every rank returns the metrics of the whole split, each image counted once.
     """
     was_training = network.training
     network.eval()
@@ -44,6 +50,12 @@ def evaluate(network, method, batches: Iterable, train_counts: np.ndarray, *, nu
             acc.update(logits, batch.labels)
     finally:
         network.train(was_training)
+    if dist.is_distributed():
+        # NCCL reduces device tensors only; gloo reduces CPU ones: keep the statistics on ``device``
+        state = {k: v.to(device) for k, v in acc.state().items()}
+        for t in state.values():
+            dist.all_reduce_sum_(t)
+        acc.load_state(state)
     return acc.compute(train_counts)
 
 

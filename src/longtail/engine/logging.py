@@ -60,9 +60,24 @@ class RunLogger:
             self.tb = None
 
 
+class NullLogger:
+    """The logger of ranks other than 0 under DDP: same interface, touches no file."""
+
+    def truncate_after(self, epoch: int) -> None:
+        pass
+
+    def log_epoch(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def progress_bar(total: int, initial: int, enabled: bool) -> Optional[tqdm]:
-    """One bar for the whole run: its ETA is the time to the end of training."""
-    if not enabled:
+    """One bar for the whole run: its ETA is the time to the end of training (rank 0 only under DDP)."""
+    from longtail.engine.distributed import is_main
+
+    if not enabled or not is_main():
         return None
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
                 mininterval=1.0, leave=True)

@@ -2,6 +2,14 @@
 
 Order matters for "nothing lost or half-written": the config, the data, the method and (when
 resuming) the checkpoint are all checked before anything in the run directory is created or changed.
+
+Distributed (``torchrun --nproc_per_node N -m longtail train ...``): every rank builds the same pieces
+with its ``rank``/``world_size`` share of the data, trains the DDP-wrapped network and evaluates its
+chunk of the test split; only rank 0 creates or writes the run directory and prints. ``train.batch_size``
+is the GLOBAL batch (each rank takes ``batch_size / N``) and ``optim.lr`` is used as given: the global
+batch is explicit in the config, so there is no implicit learning-rate scaling with N.
+``LONGTAIL_SYNCBN=1`` converts BatchNorm layers to SyncBatchNorm (CUDA only; a stand-in until a config
+key exists): without it each rank normalises with its own share's batch statistics.
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ import torch
 from longtail import config as C
 from longtail.data.base import ArraySplit, Dataset
 from longtail.data.build import AUG_DEFAULTS, build_dataset
+from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import atomic_write_text, check_shapes, load_checkpoint
 from longtail.engine.evaluator import format_table
-from longtail.engine.logging import RunLogger
+from longtail.engine.logging import NullLogger, RunLogger
 from longtail.engine.trainer import Trainer
 from longtail.errors import CheckpointError, ConfigError, LongtailError
 from longtail.methods import create_method
@@ -87,6 +96,10 @@ def _aug_kwargs(cfg: C.Config, ds: Dataset) -> dict:
                 randaugment_m=d.randaugment_m, randaugment_mstd=d.randaugment_mstd, mean=ds.mean, std=ds.std)
 
 
+def _share() -> dict:
+    return dict(rank=dist.rank(), world_size=dist.world_size())
+
+
 def build_eval_batches(cfg: C.Config, ds: Dataset, device: torch.device):
     from longtail.data.augment import build_torchvision_transform, build_view
     from longtail.data.batches import EvalBatches
@@ -95,10 +108,10 @@ def build_eval_batches(cfg: C.Config, ds: Dataset, device: torch.device):
     kw = _aug_kwargs(cfg, ds)
     if isinstance(ds.test, ArraySplit):
         return EvalBatches(ds.test.images, ds.test.labels, batch_size=cfg.eval.batch_size, device=device,
-                           view=build_view("none", **kw))
+                           view=build_view("none", **kw), **_share())
     tf = build_torchvision_transform("none", train=False, resize=256, center_crop=224, **kw)
     return LoaderEvalBatches(ds.test, transform=tf, batch_size=cfg.eval.batch_size, device=device,
-                             num_workers=cfg.data.num_workers)
+                             num_workers=cfg.data.num_workers, **_share())
 
 
 def build_train_batches(cfg: C.Config, ds: Dataset, method, device: torch.device):
@@ -114,7 +127,7 @@ def build_train_batches(cfg: C.Config, ds: Dataset, method, device: torch.device
                             total_epochs=cfg.train.epochs)
     source = d.source if d.source != "auto" else ("memory" if isinstance(ds.train, ArraySplit) else "loader")
     common = dict(batch_size=cfg.train.batch_size, sampler=sampler, device=device, seed=cfg.train.seed,
-                  channels_last=cfg.train.channels_last)
+                  channels_last=cfg.train.channels_last, **_share())
     if source == "memory":
         if not isinstance(ds.train, ArraySplit):
             raise ConfigError(f"data.source=memory needs a small in-memory dataset; {ds.name} is read from files: "
@@ -133,11 +146,24 @@ def build_pieces(cfg: C.Config, device: torch.device, dataset: Optional[Dataset]
     method = create_method(cfg, counts)
     network = method.build_network(ds.num_classes, ds.in_channels)
     method.to(device)
+    if syncbn_requested():
+        if device.type != "cuda" and dist.is_distributed():
+            raise ConfigError("LONGTAIL_SYNCBN=1 needs CUDA (torch's SyncBatchNorm does not run on CPU/gloo); "
+                              "unset it or train on GPUs")
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     network.to(device)
     if cfg.train.channels_last:
         network.to(memory_format=torch.channels_last)
     return Pieces(ds, method, network, build_train_batches(cfg, ds, method, device),
                   build_eval_batches(cfg, ds, device))
+
+
+def syncbn_requested() -> bool:
+    """True when the environment asks for SyncBatchNorm (``LONGTAIL_SYNCBN=1``)."""
+    raw = os.environ.get("LONGTAIL_SYNCBN", "0").strip().lower()
+    if raw not in ("0", "1", "true", "false", ""):
+        raise ConfigError(f"LONGTAIL_SYNCBN must be 0 or 1 (got {raw!r})")
+    return raw in ("1", "true")
 
 
 def check_method_name(name: str) -> None:
@@ -173,36 +199,62 @@ def train(cfg: C.Config, *, out: Optional[str] = None, resume: Optional[str] = N
     """Train one run end to end and return its directory."""
     C.validate(cfg)
     check_method_name(cfg.method.name)
-    device = resolve_device(cfg.device)
-    run_dir = _prepare_run_dir(cfg, out, resume)
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt") if resume else None
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    resolve_device(cfg.device)  # a clear ConfigError before any process group is joined
+    device = dist.init_from_env(cfg.device)
     try:
-        seed_everything(cfg.train.seed, cfg.train.deterministic, device)
-        return _train(cfg, run_dir, state, device, command, echo)
-    finally:  # a library call must not leave the process in deterministic mode
-        torch.use_deterministic_algorithms(was_deterministic)
+        if not dist.is_main():
+            echo = _silent
+        run_dir = _prepare_run_dir(cfg, out, resume)
+        # every rank reads the checkpoint (read-only) so all start from the same state
+        state = load_checkpoint(run_dir / "checkpoints" / "last.pt") if resume else None
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        try:
+            seed_everything(cfg.train.seed, cfg.train.deterministic, device)  # same init on every rank
+            out_dir = _train(cfg, run_dir, state, device, command, echo)
+        finally:  # a library call must not leave the process in deterministic mode
+            torch.use_deterministic_algorithms(was_deterministic)
+        dist.barrier()  # rank 0 has written the outputs before any rank leaves the group
+        return out_dir
+    finally:
+        dist.cleanup()
+
+
+def _silent(*a, **k) -> None:
+    pass
 
 
 def _train(cfg: C.Config, run_dir: Path, state: Optional[dict], device: torch.device, command: str, echo) -> Path:
     if not cfg.data.verify:
         echo("warning: data.verify=false: checksums are not verified; summary.json records data_verified: false")
+    if dist.is_distributed() and not dist.is_main():
+        dist.barrier()  # rank 0 builds (and possibly downloads/extracts) the dataset first
     pieces = build_pieces(cfg, device)
+    if dist.is_distributed() and dist.is_main():
+        dist.barrier()
     ds = pieces.dataset
     if state is not None:
         check_shapes(pieces.network, state["model"], run_dir / "checkpoints" / "last.pt")
     forward = pieces.network
     if cfg.train.compile:
         forward = torch.compile(pieces.network)
+    train_forward = forward
+    if dist.is_distributed():
+        # every head runs each step (supcon builds no prototype head), so no parameter goes unused
+        ddp = dist.wrap_ddp(pieces.network, device, find_unused_parameters=False)
+        train_forward = torch.compile(ddp) if cfg.train.compile else ddp
+    dist.barrier()  # every rank has checked the run directory before rank 0 starts writing it
 
-    # ---- from here on the run directory is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", C.dump(cfg))
-    logger = RunLogger(run_dir)
+    # ---- from here on the run directory is written (by rank 0 only)
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", C.dump(cfg))
+        logger = RunLogger(run_dir)
+    else:
+        logger = NullLogger()
     trainer = Trainer(cfg, run_dir, network=pieces.network, method=pieces.method,
                       train_batches=pieces.train_batches, eval_batches=pieces.eval_batches,
                       train_counts=ds.train_counts, num_classes=ds.num_classes, device=device, logger=logger,
-                      forward=forward)
+                      forward=forward, train_forward=train_forward)
     if state is not None:
         trainer.load_state_dict(state)
         echo(f"resuming {run_dir} at epoch {trainer.progress.epoch + 1}, step {trainer.progress.step_in_epoch}")
@@ -213,6 +265,8 @@ def _train(cfg: C.Config, run_dir: Path, state: Optional[dict], device: torch.de
         metrics = trainer.fit()
     finally:
         logger.close()
+    if not dist.is_main():
+        return run_dir
     write_outputs(run_dir, cfg, ds, pieces.network, metrics, trainer, device, command)
     echo(format_table(metrics))
     echo(f"run directory: {run_dir}  (report: longtail report {run_dir})")

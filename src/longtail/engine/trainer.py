@@ -5,6 +5,11 @@ the network's output into a loss. Everything that resuming needs is in ``checkpo
 atomically at the end of every epoch and when a signal stops the run, so a resumed run continues
 bit-exactly on CPU: batches are a pure function of (seed, epoch, step), and the model, optimiser and
 RNG states are restored.
+
+Under DDP (torchrun) every rank runs this loop on its share of each global batch; ``train_forward`` is
+the DDP wrapper (gradients are averaged over ranks), evaluation uses the plain module on each rank's
+chunk of the test split, and everything that decides whether to stop (the NaN guard, a signal,
+``max_steps``) is agreed on by all ranks at the same step. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 
 from longtail.config import Config, to_dict
+from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import save_checkpoint
 from longtail.engine.evaluator import autocast_context, evaluate
 from longtail.engine.logging import RunLogger, progress_bar
@@ -75,11 +81,14 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, *, network, method, train_batches, eval_batches,
                  train_counts: np.ndarray, num_classes: int, device: torch.device, logger: RunLogger,
-                 forward: Optional[Callable] = None):
+                 forward: Optional[Callable] = None, train_forward: Optional[Callable] = None):
         self.cfg = cfg
         self.run_dir = run_dir
         self.network = network  # the plain module: its state_dict is what we save
         self.forward = forward if forward is not None else network  # possibly torch.compile'd
+        # the training forward: the DDP wrapper under torchrun (its forward is a collective, so it is
+        # never used for evaluation, where the ranks' batch counts may differ)
+        self.train_forward = train_forward if train_forward is not None else self.forward
         self.method = method
         self.train_batches = train_batches
         self.eval_batches = eval_batches
@@ -122,6 +131,8 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
     def save(self) -> None:
+        if not dist.is_main():  # all ranks hold the same weights; only rank 0 writes
+            return
         save_checkpoint(self.checkpoint_path, self.state_dict())
 
     # ------------------------------------------------------------------ loop
@@ -149,6 +160,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         cfg = self.cfg
+        dist.broadcast_buffers_(self.network)  # every rank evaluates with the statistics rank 0 saves
         return evaluate(self.forward, self.method, self.eval_batches, self.train_counts,
                         num_classes=self.num_classes, device=self.device, amp=cfg.train.amp,
                         posthoc_tau=cfg.eval.posthoc_tau, ece_bins=cfg.eval.ece_bins,
@@ -173,7 +185,7 @@ class Trainer:
         max_steps = cfg.train.max_steps
         for step, batch in enumerate(self.train_batches.epoch(epoch, start_step=start_step), start=start_step):
             with autocast_context(dev, cfg.train.amp):
-                output = self.method.forward_batch(self.forward, batch)
+                output = self.method.forward_batch(self.train_forward, batch)
                 loss, parts = self.method.loss(batch, output)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -195,9 +207,11 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if (step + 1) % self.nan_check_every == 0 or step + 1 == len(self.train_batches):
-                self._check_finite(first_bad, epoch)
-            if guard.signum is not None:
-                self._check_finite(first_bad, epoch)
+                signum = self._check_finite(first_bad, epoch, guard)
+                if signum:
+                    self._stop_on_signal(signum, t0)
+            elif guard.signum is not None and not dist.is_distributed():
+                self._check_finite(first_bad, epoch, guard)
                 self._stop_on_signal(guard.signum, t0)
             if max_steps is not None and p.global_step >= max_steps:
                 self._check_finite(first_bad, epoch)
@@ -208,6 +222,13 @@ class Trainer:
         seconds = time.perf_counter() - t0
         p.wall_seconds += seconds
         p.epoch, p.step_in_epoch = epoch + 1, 0
+        if dist.is_distributed():  # epoch statistics over the global batches, not rank 0's share
+            names = sorted(part_sums)
+            sums = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=dev, dtype=torch.float64),
+                                *[torch.as_tensor(part_sums[k], device=dev, dtype=torch.float64) for k in names]])
+            dist.all_reduce_sum_(sums)
+            loss_sum, correct, seen = sums[0], sums[1], int(sums[2].item())
+            part_sums = {k: sums[3 + i] for i, k in enumerate(names)}
         record = {"epoch": epoch + 1, "step": p.global_step, "lr": lr,
                   "loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(seen, 1),
                   "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
@@ -224,8 +245,20 @@ class Trainer:
         self.save()
         return False
 
-    def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
-        bad_step = int(first_bad)
+    def _check_finite(self, first_bad: torch.Tensor, epoch: int, guard: Optional[_SignalGuard] = None) -> int:
+        """Raise NonFiniteLossError if any rank saw a non-finite loss; return the agreed signal (0: none).
+
+        Under DDP this is a collective (one all-reduce of the bad step and the signal number), called by
+        every rank at the same steps, so all ranks stop together.
+        """
+        signum = (guard.signum or 0) if guard is not None else 0
+        if dist.is_distributed():
+            flags = torch.stack([first_bad.to(torch.int64), torch.tensor(signum, dtype=torch.int64,
+                                                                          device=first_bad.device)])
+            dist.all_reduce_max_(flags)
+            bad_step, signum = int(flags[0]), int(flags[1])
+        else:
+            bad_step = int(first_bad)
         if bad_step >= 0:
             ckpt = self.checkpoint_path
             kept = f"the last good checkpoint is kept at {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
@@ -233,10 +266,12 @@ class Trainer:
                 f"the loss became NaN or infinite at epoch {epoch + 1} (1-based), step {bad_step} of that epoch; "
                 f"training stopped and {kept}. Try a lower optim.lr, optim.grad_clip=5, or train.amp=none."
             )
+        return signum
 
     def _stop_on_signal(self, signum: int, t0: float) -> None:
         self.progress.wall_seconds += time.perf_counter() - t0
         self.save()
+        dist.barrier()  # torchrun stops every rank when one exits with an error: let rank 0 finish saving
         name = signal.Signals(signum).name
         err = Interrupted(
             f"{name} received: stopped after epoch {self.progress.epoch + 1} step {self.progress.step_in_epoch} "

@@ -1,0 +1,235 @@
+"""Training throughput of longtail's pipeline against a per-image PIL/torchvision DataLoader pipeline.
+
+Both pipelines train the same network (the reference gets a ``copy.deepcopy`` of the freshly built
+network before any step, so both start from the same weights) with the same method, loss and batch
+size, and differ only where the toolbox differs from the papers' code:
+
+* **ours**: the configured batch source (uint8 images on the device, batched augmentation), with the
+  config's ``train.amp``, ``train.channels_last`` and ``train.compile``.
+* **reference**: a map-style dataset that turns each uint8 image into a PIL image and runs the
+  torchvision transforms of every view of the method (``build_torchvision_transform``), a shuffling
+  ``DataLoader`` with ``workers`` worker processes, fp32, no compile, contiguous memory format.
+
+Timed rounds alternate between the two pipelines, so both see the same machine state (clock boost,
+thermal state, other load). Only in-memory datasets (CIFAR, Tiny ImageNet, digits) are supported:
+for list-file datasets both pipelines would read files with a DataLoader and there is nothing to compare.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from longtail import config as C
+from longtail.data.base import ArraySplit, Dataset
+from longtail.data.batches import Batch
+from longtail.errors import LongtailError
+
+#: Datasets held in memory as uint8 arrays; the only ones the benchmark can compare.
+IN_MEMORY = ("cifar10", "cifar100", "tinyimagenet", "digits")
+ROUNDS = 3  # timed rounds per pipeline (fewer when there are fewer steps)
+
+
+class _PILViews(torch.utils.data.Dataset):
+    """The reference dataset: one PIL image and one transform call per view per sample."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transforms: Sequence[Callable]) -> None:
+        self.images, self.labels, self.transforms = images, labels, list(transforms)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[list[torch.Tensor], int, int]:
+        img = self.images[i]
+        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)  # grey images: mode L
+        return [tf(pil) for tf in self.transforms], int(self.labels[i]), i
+
+
+def _collate(items: list) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    views = [torch.stack([it[0][v] for it in items]) for v in range(len(items[0][0]))]
+    return views, torch.tensor([it[1] for it in items]), torch.tensor([it[2] for it in items])
+
+
+def _aug_kwargs(cfg: C.Config, ds: Dataset) -> dict:
+    # the same defaults as the training run (engine.run): dataset padding/flip unless the config sets them
+    from longtail.data.build import AUG_DEFAULTS
+
+    pad, flip = AUG_DEFAULTS.get(ds.name, (4, True))
+    d = cfg.data
+    return dict(image_size=ds.image_size, crop_padding=pad if d.crop_padding is None else d.crop_padding,
+                flip=flip if d.flip is None else d.flip, cutout=d.cutout, randaugment_n=d.randaugment_n,
+                randaugment_m=d.randaugment_m, randaugment_mstd=d.randaugment_mstd, mean=ds.mean, std=ds.std)
+
+
+def _ours_batches(source) -> Iterator[Batch]:
+    epoch = 0
+    while True:
+        yield from source.epoch(epoch)
+        epoch += 1
+
+
+def _reference_batches(loader: torch.utils.data.DataLoader, device: torch.device) -> Iterator[Batch]:
+    while True:
+        for views, labels, index in loader:
+            yield Batch(views=[v.to(device, non_blocking=True) for v in views], labels=labels.to(device),
+                        index=index.to(device))
+
+
+def _autocast(device: torch.device, amp: str):
+    # train.amp: auto = bf16 on CUDA, fp32 elsewhere (as in the trainer)
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Pipeline:
+    """One network + method + optimiser + batch stream; ``run(n)`` does n optimiser steps."""
+
+    def __init__(self, network, forward, method, batches: Iterator[Batch], cfg: C.Config, device: torch.device,
+                 amp: str) -> None:
+        o = cfg.optim
+        self.network, self.forward, self.method, self.batches = network, forward, method, batches
+        self.device, self.amp = device, amp
+        self.optimizer = torch.optim.SGD(network.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                         weight_decay=o.weight_decay)
+        self.seconds, self.images = 0.0, 0
+
+    def run(self, steps: int, timed: bool) -> None:
+        self.network.train()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        n = 0
+        for _ in range(steps):
+            batch = next(self.batches)  # data time counts: it is half of what is compared
+            with _autocast(self.device, self.amp):
+                output = self.method.forward_batch(self.forward, batch)
+                loss, _ = self.method.loss(batch, output)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            n += int(batch.labels.numel())
+        _sync(self.device)
+        if timed:
+            self.seconds += time.perf_counter() - t0
+            self.images += n
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _load(config_path, overrides: Optional[Sequence[str]], device: str) -> C.Config:
+    path = Path(config_path)
+    if not path.is_file():
+        raise LongtailError(f"bench: config file {path} not found; pass a YAML config such as "
+                            f"configs/cifar10_lt/ce.yaml")
+    cfg = C.load(path, list(overrides or []))
+    cfg.device = device
+    C.validate(cfg)
+    if cfg.data.name not in IN_MEMORY or cfg.data.train_list:
+        raise LongtailError(f"bench compares the in-memory pipeline with a PIL DataLoader and needs an in-memory "
+                            f"dataset ({', '.join(IN_MEMORY)}); {cfg.data.name} is read from list files. "
+                            f"Use a CIFAR, Tiny ImageNet or digits config.")
+    if cfg.data.source == "loader":
+        raise LongtailError("bench measures the in-memory batch source; drop data.source=loader from the config "
+                            "(the DataLoader side is the reference pipeline)")
+    return cfg
+
+
+def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optional[Sequence[str]] = None,
+              device: str = "auto", workers: int = 2) -> dict:
+    """Measure training images/s of our pipeline and of a per-image DataLoader reference, in one process.
+
+    Args:
+        config_path: a training YAML config (in-memory dataset).
+        steps: timed optimiser steps per pipeline, split over up to 3 alternating rounds.
+        warmup: untimed steps per pipeline first (allocation, cudnn autotune, worker start-up, compile).
+        overrides: ``key=value`` config overrides.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        workers: DataLoader worker processes of the reference pipeline (0 = in the main process).
+
+    Returns:
+        ``device``, ``torch``, ``config`` ({``path``, ``resolved``}), ``ours_images_per_s``,
+        ``reference_images_per_s``, ``ratio`` (ours / reference), ``ours_images`` / ``reference_images``
+        and ``ours_seconds`` / ``reference_seconds`` (timed totals), ``steps``, ``warmup``, ``rounds``,
+        ``workers``, ``batch_size``, ``method``, ``dataset``, ``imbalance``, ``amp``, ``channels_last``,
+        ``compile``, ``date``, ``commit``.
+
+    Raises:
+        LongtailError: a missing config, a list-file dataset, or bad ``steps`` / ``warmup`` / ``workers``.
+    """
+    from longtail.data.augment import build_torchvision_transform
+    from longtail.engine.run import build_pieces, device_name, git_commit, resolve_device
+
+    if steps < 1 or warmup < 0 or workers < 0:
+        raise LongtailError(f"bench needs steps >= 1, warmup >= 0 and workers >= 0; got steps={steps}, "
+                            f"warmup={warmup}, workers={workers}")
+    commit = git_commit()  # the code that runs, read before anything else can change the tree
+    cfg = _load(config_path, overrides, device)
+    dev = resolve_device(cfg.device)
+    torch.manual_seed(cfg.train.seed)
+    pieces = build_pieces(cfg, dev)
+    ds = pieces.dataset
+    if not isinstance(ds.train, ArraySplit):
+        raise LongtailError(f"bench needs an in-memory dataset; {ds.name} is read from files")
+
+    # the reference starts from exactly the same weights and method state, in fp32 and default layout
+    ref_net = copy.deepcopy(pieces.network).to(memory_format=torch.contiguous_format)
+    ref_method = copy.deepcopy(pieces.method)
+    forward = torch.compile(pieces.network) if cfg.train.compile else pieces.network
+    for m in (pieces.method, ref_method):
+        m.on_epoch_start(0)
+
+    kw = _aug_kwargs(cfg, ds)
+    tfs = [build_torchvision_transform(p, train=True, **kw) for p in pieces.method.view_presets()]
+    loader = torch.utils.data.DataLoader(
+        _PILViews(ds.train.images, ds.train.labels, tfs), batch_size=cfg.train.batch_size, shuffle=True,
+        num_workers=workers, persistent_workers=workers > 0, collate_fn=_collate,
+        pin_memory=dev.type == "cuda")
+    ours = _Pipeline(pieces.network, forward, pieces.method, _ours_batches(pieces.train_batches),
+                     cfg, dev, cfg.train.amp)
+    ref = _Pipeline(ref_net, ref_net, ref_method, _reference_batches(loader, dev), cfg, dev, "none")
+
+    for p in (ours, ref):
+        p.run(warmup, timed=False)
+    rounds = min(ROUNDS, steps)
+    for r in range(rounds):
+        n = steps // rounds + (1 if r < steps % rounds else 0)
+        for p in (ours, ref) if r % 2 == 0 else (ref, ours):  # alternate who goes first, too
+            p.run(n, timed=True)
+
+    return {
+        "device": device_name(dev), "torch": torch.__version__,
+        "config": {"path": str(config_path), "resolved": C.to_dict(cfg)},
+        "ours_images_per_s": ours.images_per_s, "reference_images_per_s": ref.images_per_s,
+        "ratio": ours.images_per_s / ref.images_per_s,
+        "ours_images": ours.images, "reference_images": ref.images,
+        "ours_seconds": ours.seconds, "reference_seconds": ref.seconds,
+        "steps": steps, "warmup": warmup, "rounds": rounds, "workers": workers,
+        "batch_size": cfg.train.batch_size, "method": cfg.method.name, "dataset": ds.name,
+        "imbalance": cfg.data.imbalance, "amp": cfg.train.amp, "channels_last": cfg.train.channels_last,
+        "compile": cfg.train.compile, "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit,
+    }
+
+
+def format_bench(result: dict) -> str:
+    """A short human-readable summary of :func:`run_bench`'s result."""
+    r = result
+    return (f"{r['dataset']} · {r['method']} · batch {r['batch_size']} · {r['steps']} steps on {r['device']} "
+            f"(torch {r['torch']})\n"
+            f"  ours       {r['ours_images_per_s']:10.1f} images/s (amp {r['amp']}, channels_last "
+            f"{r['channels_last']}, compile {r['compile']})\n"
+            f"  reference  {r['reference_images_per_s']:10.1f} images/s (PIL DataLoader, {r['workers']} workers, "
+            f"fp32)\n"
+            f"  ratio      {r['ratio']:.2f}x")
