@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from longtail import config as C
-from longtail.data.base import ArraySplit, Dataset
+from longtail.data.base import ArraySplit
 from longtail.data.batches import Batch
 from longtail.errors import LongtailError
 
@@ -54,17 +54,6 @@ class _PILViews(torch.utils.data.Dataset):
 def _collate(items: list) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     views = [torch.stack([it[0][v] for it in items]) for v in range(len(items[0][0]))]
     return views, torch.tensor([it[1] for it in items]), torch.tensor([it[2] for it in items])
-
-
-def _aug_kwargs(cfg: C.Config, ds: Dataset) -> dict:
-    # the same defaults as the training run (engine.run): dataset padding/flip unless the config sets them
-    from longtail.data.build import AUG_DEFAULTS
-
-    pad, flip = AUG_DEFAULTS.get(ds.name, (4, True))
-    d = cfg.data
-    return dict(image_size=ds.image_size, crop_padding=pad if d.crop_padding is None else d.crop_padding,
-                flip=flip if d.flip is None else d.flip, cutout=d.cutout, randaugment_n=d.randaugment_n,
-                randaugment_m=d.randaugment_m, randaugment_mstd=d.randaugment_mstd, mean=ds.mean, std=ds.std)
 
 
 def _ours_batches(source) -> Iterator[Batch]:
@@ -169,7 +158,7 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
         LongtailError: a missing config, a list-file dataset, or bad ``steps`` / ``warmup`` / ``workers``.
     """
     from longtail.data.augment import build_torchvision_transform
-    from longtail.engine.run import build_pieces, device_name, git_commit, resolve_device
+    from longtail.engine.run import aug_kwargs, build_pieces, device_name, git_commit, resolve_device
 
     if steps < 1 or warmup < 0 or workers < 0:
         raise LongtailError(f"bench needs steps >= 1, warmup >= 0 and workers >= 0; got steps={steps}, "
@@ -190,7 +179,7 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
     for m in (pieces.method, ref_method):
         m.on_epoch_start(0)
 
-    kw = _aug_kwargs(cfg, ds)
+    kw = aug_kwargs(cfg, ds)
     tfs = [build_torchvision_transform(p, train=True, **kw) for p in pieces.method.view_presets()]
     loader = torch.utils.data.DataLoader(
         _PILViews(ds.train.images, ds.train.labels, tfs), batch_size=cfg.train.batch_size, shuffle=True,

@@ -175,8 +175,8 @@ _ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "ba
             "loss": "name", "scheduler": "schedule", "lr_schedule": "schedule", "dataset": "name"}
 
 
-def _unknown_key(key: str) -> ConfigError:
-    keys = all_keys()
+def _unknown_key(key: str, root: type = Config) -> ConfigError:
+    keys = all_keys(root)
     section, _, leaf = key.rpartition(".")
     same = [k for k in keys if k.rpartition(".")[0] == section]
     close: list[str] = []
@@ -253,29 +253,30 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - internal
 
 
-def _apply_dict(obj: Any, data: dict, prefix: str = "") -> None:
+def _apply_dict(obj: Any, data: dict, prefix: str = "", root: type = Config) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"section '{prefix.rstrip('.') or '<top>'}' must be a mapping (got {data!r})")
     types_ = _field_types(type(obj))
     for k, v in data.items():
         key = prefix + str(k)
         if k not in types_:
-            raise _unknown_key(key)
+            raise _unknown_key(key, root)
         tp = types_[k]
         if _is_dataclass_type(tp):
-            _apply_dict(getattr(obj, k), v if v is not None else {}, key + ".")
+            _apply_dict(getattr(obj, k), v if v is not None else {}, key + ".", root)
         else:
             setattr(obj, k, _convert(key, v, tp))
 
 
-def set_key(cfg: Config, key: str, raw: str) -> None:
-    """Apply one dotted override, ``raw`` being the text after ``=``."""
+def set_key(cfg: Any, key: str, raw: str) -> None:
+    """Apply one dotted override to a config dataclass, ``raw`` being the text after ``=``."""
     parts = key.split(".")
     obj: Any = cfg
+    root = type(cfg)
     for i, p in enumerate(parts):
         types_ = _field_types(type(obj))
         if p not in types_:
-            raise _unknown_key(key)
+            raise _unknown_key(key, root)
         tp = types_[p]
         if i == len(parts) - 1:
             if _is_dataclass_type(tp):
@@ -290,11 +291,11 @@ def set_key(cfg: Config, key: str, raw: str) -> None:
             setattr(obj, p, _convert(key, value, tp))
             return
         if not _is_dataclass_type(tp):
-            raise _unknown_key(key)
+            raise _unknown_key(key, root)
         obj = getattr(obj, p)
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' must look like KEY=VALUE, e.g. optim.lr=0.05")
@@ -311,17 +312,7 @@ def from_dict(data: dict) -> Config:
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config file, apply overrides and validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    cfg = from_dict(data)
-    apply_overrides(cfg, overrides or [])
-    validate(cfg)
-    return cfg
+    return validate(load_dataclass(Config, path, overrides))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -433,53 +424,5 @@ def load_dataclass(cls: type, path: Optional[str | Path] = None, overrides: Opti
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML: {e}") from None
-        _apply_dict_any(obj, data)
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like KEY=VALUE")
-        key, raw = ov.split("=", 1)
-        _set_key_any(obj, key.strip(), raw.strip())
-    return obj
-
-
-def _nearest(key: str, keys: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}")
-
-
-def _apply_dict_any(obj: Any, data: dict, prefix: str = "") -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"section '{prefix.rstrip('.') or '<top>'}' must be a mapping (got {data!r})")
-    types_ = _field_types(type(obj))
-    for k, v in data.items():
-        key = prefix + str(k)
-        if k not in types_:
-            raise _nearest(key, all_keys(type(obj)))
-        tp = types_[k]
-        if _is_dataclass_type(tp):
-            _apply_dict_any(getattr(obj, k), v or {}, key + ".")
-        else:
-            setattr(obj, k, _convert(key, v, tp))
-
-
-def _set_key_any(obj: Any, key: str, raw: str) -> None:
-    root, parts = obj, key.split(".")
-    for i, p in enumerate(parts):
-        types_ = _field_types(type(obj))
-        if p not in types_:
-            raise _nearest(key, all_keys(type(root)))
-        tp = types_[p]
-        if i < len(parts) - 1:
-            if not _is_dataclass_type(tp):
-                raise _nearest(key, all_keys(type(root)))
-            obj = getattr(obj, p)
-            continue
-        if tp is str or typing.get_args(tp) == (str, type(None)):
-            value: Any = raw
-        else:
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                value = raw
-        setattr(obj, p, _convert(key, value, tp))
+        _apply_dict(obj, data, root=cls)
+    return apply_overrides(obj, overrides or [])

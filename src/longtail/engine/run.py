@@ -88,7 +88,8 @@ class Pieces:
     eval_batches: object
 
 
-def _aug_kwargs(cfg: C.Config, ds: Dataset) -> dict:
+def aug_kwargs(cfg: C.Config, ds: Dataset) -> dict:
+    """Keyword arguments of the view builders: the dataset's padding/flip unless the config sets them."""
     pad, flip = AUG_DEFAULTS.get(ds.name, (4, True))
     d = cfg.data
     return dict(image_size=ds.image_size, crop_padding=pad if d.crop_padding is None else d.crop_padding,
@@ -105,7 +106,7 @@ def build_eval_batches(cfg: C.Config, ds: Dataset, device: torch.device):
     from longtail.data.batches import EvalBatches
     from longtail.data.loader import LoaderEvalBatches
 
-    kw = _aug_kwargs(cfg, ds)
+    kw = aug_kwargs(cfg, ds)
     if isinstance(ds.test, ArraySplit):
         return EvalBatches(ds.test.images, ds.test.labels, batch_size=cfg.eval.batch_size, device=device,
                            view=build_view("none", **kw), **_share())
@@ -121,7 +122,7 @@ def build_train_batches(cfg: C.Config, ds: Dataset, method, device: torch.device
     from longtail.data.samplers import build_sampler
 
     d = cfg.data
-    kw = _aug_kwargs(cfg, ds)
+    kw = aug_kwargs(cfg, ds)
     presets = method.view_presets()
     sampler = build_sampler(d.sampler, ds.train.labels, seed=cfg.train.seed, k=d.sampler_k,
                             total_epochs=cfg.train.epochs)
