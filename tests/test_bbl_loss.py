@@ -29,13 +29,20 @@ def log_mean_exp(vals):
 
 def ref_bbl(emb, labels, protos, tau, omega, lam=1.0, variant="r1", adj=None, repulsion_only=False,
             batch_pos=False, queue=(), rng=None):
-    """emb [B, 2, D], protos [K, D] (float64); omega, adj: per-class lists; queue: (vector, class) pairs."""
+    """emb [B, 2, D], protos [K, D] (float64); omega, adj: per-class lists; queue: (vector, class) pairs.
+
+    ``rng = (start, end)``: only images start … end−1 are anchors. Both terms are then scaled so that
+    the anchor-count-weighted average of the ranges' losses, Σ (end − start)/B · loss, is the full-batch
+    loss: L_GB divides by its 2·(end − start) anchors, L_LB by (end − start)/B times the number of
+    qualifying anchors of the WHOLE batch (the full-batch mean is over all of them).
+    """
     labels = [int(v) for v in labels]
     B, K = len(labels), protos.shape[0]
     start, end = rng or (0, B)
     adj = adj if adj is not None else [0.0] * K
     g_terms, l_terms = [], []
-    for i in range(start, end):
+    qualifying = 0  # anchors of the whole batch that have a local term
+    for i in range(B):
         y = labels[i]
         for a in (0, 1):
             z, other = emb[i, a], emb[i, 1 - a]
@@ -48,24 +55,31 @@ def ref_bbl(emb, labels, protos, tau, omega, lam=1.0, variant="r1", adj=None, re
             else:
                 lse = torch.log(sum(torch.exp(t) for t in [s_other] + s_cent))
                 g = -0.5 * ((s_other - lse) + (s_cent[y] - lse))
-            g_terms.append(omega[y] * g)
             S = {c: [emb[j, b] for j in range(B) if j != i and labels[j] == c for b in (0, 1)] for c in range(K)}
             for vec, c in queue:
                 if c != y:
                     S[c].append(vec)
             negs = [c for c in range(K) if c != y and S[c]]
+            term = None
             if variant == "r2":
                 if negs:
-                    l_terms.append(torch.log(sum(torch.exp(log_mean_exp([dot(z, k) / tau for k in S[c]]))
-                                                 for c in negs)))
+                    term = torch.log(sum(torch.exp(log_mean_exp([dot(z, k) / tau for k in S[c]])) for c in negs))
             elif local_pos:
                 d_loc = sum(sum(torch.exp(dot(z, k) / tau) for k in S[c]) / len(S[c]) for c in range(K) if S[c])
-                l_terms.append(torch.log(d_loc) - sum(dot(z, p) / tau for p in local_pos) / len(local_pos))
+                term = torch.log(d_loc) - sum(dot(z, p) / tau for p in local_pos) / len(local_pos)
             elif repulsion_only and negs:
-                l_terms.append(torch.log(sum(torch.exp(log_mean_exp([dot(z, k) / tau for k in S[c]]))
-                                             for c in negs) / len(negs)))
+                term = torch.log(sum(torch.exp(log_mean_exp([dot(z, k) / tau for k in S[c]])) for c in negs)
+                                 / len(negs))
+            qualifying += term is not None
+            if start <= i < end:
+                g_terms.append(omega[y] * g)
+                if term is not None:
+                    l_terms.append(term)
     l_gb = sum(g_terms) / (2 * (end - start))
-    l_lb = sum(l_terms) / len(l_terms) if l_terms else torch.zeros((), dtype=emb.dtype)
+    if qualifying:
+        l_lb = sum(l_terms, torch.zeros((), dtype=emb.dtype)) / (qualifying * (end - start) / B)
+    else:
+        l_lb = torch.zeros((), dtype=emb.dtype)
     return l_gb + lam * l_lb, l_gb, l_lb
 
 
@@ -289,21 +303,23 @@ def test_mode_equivalence_kappa_zero_equals_gamma_zero():
     assert abs(c.global_term.item() - a.global_term.item()) > 1e-3  # the prior does act
 
 
-def test_local_range_matches_full_batch():
-    """Per-rank ranges, weighted by their anchor counts, give the full-batch loss and gradients."""
+@pytest.mark.parametrize("opts", [{}, {"variant": "r2"}, {"local_repulsion_only": True}])
+@pytest.mark.parametrize("ranges", [[(0, 4), (4, 10)], [(0, 5), (5, 10)]])
+def test_local_range_matches_full_batch(opts, ranges):
+    """Per-rank ranges, weighted by their image shares, give the full-batch loss and gradients; with
+    equal shares (DDP) that is the plain mean of the ranks' losses, which is what DDP averages."""
     emb, y, protos = batch(10, 6, 5, seed=17, labels=[0, 0, 1, 2, 2, 2, 3, 0, 5, 1])
-    loss = BBLLoss(COUNTS6)
+    loss = BBLLoss(COUNTS6, **opts)
     full = loss(emb, y, protos)
-    ranges = [(0, 4), (4, 10)]
     parts = [loss(emb, y, protos, local_range=r) for r in ranges]
+    ref_opts = {"variant": opts.get("variant", "r1"), "repulsion_only": opts.get("local_repulsion_only", False)}
     for r, p in zip(ranges, parts):  # each range against the reference restricted to its anchors
-        ref = ref_bbl(emb, y, protos, 0.1, omega_list(COUNTS6, 0.5), rng=r)
+        ref = ref_bbl(emb, y, protos, 0.1, omega_list(COUNTS6, 0.5), rng=r, **ref_opts)
         for a, b in zip(p, ref):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-    n_img = torch.bincount(y, minlength=6)
-    n_local = [2 * int((n_img[y[s:e]] > 1).sum()) for s, e in ranges]  # anchors with L⁺ ≠ ∅
+    # both terms combine with the ranges' image shares as weights (equal shares: a plain mean, DDP's)
     gb = sum((e - s) * p.global_term for (s, e), p in zip(ranges, parts)) / 10
-    lb = sum(n * p.local_term for n, p in zip(n_local, parts)) / sum(n_local)
+    lb = sum((e - s) * p.local_term for (s, e), p in zip(ranges, parts)) / 10
     torch.testing.assert_close(gb, full.global_term, atol=1e-12, rtol=0)
     torch.testing.assert_close(lb, full.local_term, atol=1e-12, rtol=0)
     g_full = torch.autograd.grad(full.total, emb)[0]
@@ -448,7 +464,8 @@ def test_bad_forward_inputs():
         ((emb, y, protos[:5]), r"prototypes must be \[K, D\] = \[6, 5\]"),
         ((emb, y, torch.randn(6, 4)), r"prototypes must be \[K, D\]"),
         ((emb.long(), y, protos), "floating point"),
-        ((emb, torch.tensor([0, 1, 6, 2]), protos), r"class indices in \[0, 6\)"),
+        ((emb, torch.tensor([0, 1, 6, 2]), protos), r"class indices in \[0, 6\) \(got min 0, max 6\)"),
+        ((emb, torch.tensor([0, -1, 5, 2]), protos), r"class indices in \[0, 6\) \(got min -1, max 5\)"),
     ]
     for args, match in cases:
         with pytest.raises(ValueError, match=match):

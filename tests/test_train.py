@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ from longtail import config as C
 from longtail.cli import main
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.run import train
-from longtail.errors import CheckpointError, NonFiniteLossError
+from longtail.engine.trainer import build_optimizer, optimizer_impl
+from longtail.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -376,3 +378,51 @@ def test_run_files_are_readable(reference_run):
     os.umask(mask)
     for name in ("config.yaml", "summary.json", "checkpoints/last.pt", "metrics.jsonl"):
         assert stat.S_IMODE((reference_run / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+@pytest.mark.parametrize("impl,device_type,expected", [
+    ("auto", "cuda", {"fused": True}), ("auto", "cpu", {}), ("fused", "cpu", {"fused": True}),
+    ("foreach", "cuda", {"foreach": True}), ("for_loop", "cuda", {"foreach": False})])
+def test_optimizer_implementation_choice(impl, device_type, expected):
+    assert optimizer_impl(impl, device_type) == expected
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach", "for_loop", "auto"])
+def test_every_optimizer_implementation_takes_the_same_step(impl):
+    torch.manual_seed(0)
+    ref_net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    net = copy.deepcopy(ref_net)
+    cfg = C.Config()
+    C.apply_overrides(cfg, ["optim.lr=0.1", "optim.momentum=0.9", "optim.nesterov=true",
+                            "optim.weight_decay=1e-3", f"optim.impl={impl}"])
+    opt = build_optimizer(net, cfg)
+    assert bool(opt.defaults.get("fused")) == (impl == "fused")  # auto is torch's default on CPU
+    x = torch.randn(8, 5)
+    # the reference: SGD with nesterov momentum and coupled weight decay, written out
+    bufs = [torch.zeros_like(q) for q in ref_net.parameters()]
+    for _ in range(3):
+        opt.zero_grad()
+        net(x).square().sum().backward()
+        opt.step()
+        ref_net.zero_grad()
+        ref_net(x).square().sum().backward()
+        with torch.no_grad():
+            for q, b in zip(ref_net.parameters(), bufs):
+                d = q.grad + 1e-3 * q
+                b.mul_(0.9).add_(d)
+                q.sub_(0.1 * (d + 0.9 * b))
+    for a, b in zip(net.parameters(), ref_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_optimizer_implementation_is_a_clear_error():
+    cfg = C.Config()
+    C.apply_overrides(cfg, ["optim.impl=fast"])
+    with pytest.raises(ConfigError, match="optim.impl"):
+        C.validate(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_optimizer_is_fused_on_cuda():
+    net = torch.nn.Linear(3, 2).cuda()
+    assert build_optimizer(net, C.Config()).defaults["fused"] is True

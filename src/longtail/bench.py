@@ -4,11 +4,14 @@ Both pipelines train the same network (the reference gets a ``copy.deepcopy`` of
 network before any step, so both start from the same weights) with the same method, loss and batch
 size, and differ only where the toolbox differs from the papers' code:
 
-* **ours**: the configured batch source (uint8 images on the device, batched augmentation), with the
-  config's ``train.amp``, ``train.channels_last`` and ``train.compile``.
+* **ours**: the configured batch source (uint8 images on the device, batched augmentation) and the
+  trainer's own step (:meth:`~longtail.engine.trainer.Trainer.train_step`: its optimiser, fused on CUDA
+  by default, and its on-device NaN guard and statistics), with the config's ``train.amp``,
+  ``train.channels_last`` and ``train.compile``.
 * **reference**: a map-style dataset that turns each uint8 image into a PIL image and runs the
   torchvision transforms of every view of the method (``build_torchvision_transform``), a shuffling
-  ``DataLoader`` with ``workers`` worker processes, fp32, no compile, contiguous memory format.
+  ``DataLoader`` with ``workers`` worker processes, fp32, no compile, contiguous memory format, and
+  ``torch.optim.SGD`` with torch's default implementation.
 
 Timed rounds alternate between the two pipelines, so both see the same machine state (clock boost,
 thermal state, other load). Only in-memory datasets (CIFAR, Tiny ImageNet, digits) are supported:
@@ -70,28 +73,35 @@ def _reference_batches(loader: torch.utils.data.DataLoader, device: torch.device
                         index=index.to(device))
 
 
-def _autocast(device: torch.device, amp: str):
-    # train.amp: auto = bf16 on CUDA, fp32 elsewhere (as in the trainer)
-    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-class _Pipeline:
-    """One network + method + optimiser + batch stream; ``run(n)`` does n optimiser steps."""
+class _ReferenceStep:
+    """The papers' training step: fp32, torch's default SGD, nothing else."""
 
-    def __init__(self, network, forward, method, batches: Iterator[Batch], cfg: C.Config, device: torch.device,
-                 amp: str) -> None:
+    def __init__(self, network, method, cfg: C.Config) -> None:
         o = cfg.optim
-        self.network, self.forward, self.method, self.batches = network, forward, method, batches
-        self.device, self.amp = device, amp
+        self.network, self.method = network, method
         self.optimizer = torch.optim.SGD(network.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                          weight_decay=o.weight_decay)
-        self.seconds, self.images = 0.0, 0
+
+    def __call__(self, batch: Batch, step: int) -> None:
+        output = self.method.forward_batch(self.network, batch)
+        loss, _ = self.method.loss(batch, output)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+class _Pipeline:
+    """One training step function + batch stream; ``run(n)`` does n optimiser steps."""
+
+    def __init__(self, network, step_fn: Callable[[Batch, int], None], batches: Iterator[Batch],
+                 device: torch.device) -> None:
+        self.network, self.step_fn, self.batches, self.device = network, step_fn, batches, device
+        self.seconds, self.images, self.steps = 0.0, 0, 0
 
     def run(self, steps: int, timed: bool) -> None:
         self.network.train()
@@ -100,12 +110,8 @@ class _Pipeline:
         n = 0
         for _ in range(steps):
             batch = next(self.batches)  # data time counts: it is half of what is compared
-            with _autocast(self.device, self.amp):
-                output = self.method.forward_batch(self.forward, batch)
-                loss, _ = self.method.loss(batch, output)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.step_fn(batch, self.steps)
+            self.steps += 1
             n += int(batch.labels.numel())
         _sync(self.device)
         if timed:
@@ -158,7 +164,9 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
         LongtailError: a missing config, a list-file dataset, or bad ``steps`` / ``warmup`` / ``workers``.
     """
     from longtail.data.augment import build_torchvision_transform
+    from longtail.engine.logging import NullLogger
     from longtail.engine.run import aug_kwargs, build_pieces, device_name, git_commit, resolve_device
+    from longtail.engine.trainer import EpochSums, Trainer
 
     if steps < 1 or warmup < 0 or workers < 0:
         raise LongtailError(f"bench needs steps >= 1, warmup >= 0 and workers >= 0; got steps={steps}, "
@@ -185,9 +193,14 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
         _PILViews(ds.train.images, ds.train.labels, tfs), batch_size=cfg.train.batch_size, shuffle=True,
         num_workers=workers, persistent_workers=workers > 0, collate_fn=_collate,
         pin_memory=dev.type == "cuda")
-    ours = _Pipeline(pieces.network, forward, pieces.method, _ours_batches(pieces.train_batches),
-                     cfg, dev, cfg.train.amp)
-    ref = _Pipeline(ref_net, ref_net, ref_method, _reference_batches(loader, dev), cfg, dev, "none")
+    trainer = Trainer(cfg, Path("."), network=pieces.network, method=pieces.method,
+                      train_batches=pieces.train_batches, eval_batches=pieces.eval_batches,
+                      train_counts=ds.train_counts, num_classes=ds.num_classes, device=dev, logger=NullLogger(),
+                      forward=forward)  # never saves: only its step is used
+    sums = EpochSums.zeros(dev)
+    ours = _Pipeline(pieces.network, lambda batch, step: trainer.train_step(batch, step, sums),
+                     _ours_batches(pieces.train_batches), dev)
+    ref = _Pipeline(ref_net, _ReferenceStep(ref_net, ref_method, cfg), _reference_batches(loader, dev), dev)
 
     for p in (ours, ref):
         p.run(warmup, timed=False)

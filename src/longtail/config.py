@@ -108,6 +108,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [160, 180])  # 0-based epochs
     gamma: float = 0.01  # step factor applied at each milestone
     grad_clip: Optional[float] = None
+    impl: str = "auto"  # auto (fused on CUDA, torch's default elsewhere) | fused | foreach | for_loop
 
 
 @dataclass
@@ -120,6 +121,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False  # SyncBatchNorm under torchrun on GPUs: BN statistics over the global batch
     eval_every: int = 10  # evaluate the test set every N epochs for the curves; the last epoch always
     progress: bool = True
 
@@ -386,6 +388,7 @@ def validate(cfg: Config) -> Config:
     _check(o.gamma > 0, f"optim.gamma must be > 0 (got {o.gamma})")
     _check(all(x >= 0 for x in o.milestones), f"optim.milestones must be >= 0 (got {o.milestones})")
     _check(o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be > 0 or null (got {o.grad_clip})")
+    _choice("optim.impl", o.impl, ("auto", "fused", "foreach", "for_loop"))
     _check(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
     _check(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1 or null (got {t.max_steps})")

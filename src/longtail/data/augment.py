@@ -72,9 +72,12 @@ def to_float(x: Tensor) -> Tensor:
 def normalize(x: Tensor, mean: Sequence[float] | float, std: Sequence[float] | float) -> Tensor:
     """(x - mean) / std per channel; mean and std have 1 or C values. Shape: [B, C, H, W] -> same."""
     check_batch(x)
-    m, s = fill_tensor(mean, x), fill_tensor(std, x)
-    if bool((s <= 0).any()):
+    # checked on the host values: a check of the device tensor would sync the GPU on every call
+    if isinstance(std, Tensor):
+        std = std.detach().cpu().tolist()
+    if any(v <= 0 for v in ([std] if isinstance(std, (int, float)) else list(std))):
         raise ValueError(f"std must be positive, got {std}")
+    m, s = fill_tensor(mean, x), fill_tensor(std, x)
     return (x - m) / s
 
 

@@ -28,6 +28,8 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
+from longtail import hostsync
+
 __all__ = [
     "AA_CIFAR10_POLICY", "RA_OPS", "affine_nearest", "shear_x", "shear_y", "translate_x",
     "translate_y", "rotate", "invert", "posterize", "solarize", "solarize_add", "autocontrast",
@@ -298,7 +300,7 @@ def apply_ops(x: Tensor, names: Sequence[str], op: Tensor, param: Tensor, fill: 
     unknown = [n for n in names if n not in _GEOMETRIC and n not in _POINTWISE]
     if unknown:
         raise ValueError(f"unknown op(s) {unknown}; valid: {sorted({**_GEOMETRIC, **_POINTWISE})}")
-    subset = x.device.type == "cpu" if subset is None else subset
+    subset = hostsync.reads_are_free(x) if subset is None else subset
     b, _, h, w = x.shape
     geometric = [(k, n) for k, n in enumerate(names) if n in _GEOMETRIC]
     if geometric:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -35,14 +35,23 @@ from longtail.errors import Interrupted, NonFiniteLossError
 CHECKPOINT_VERSION = 1
 
 
+def optimizer_impl(impl: str, device_type: str) -> dict:
+    """The ``torch.optim.SGD`` keyword that picks its implementation (``{}``: torch's default).
+
+    ``auto`` is the fused kernel on CUDA (one launch for all parameters) and torch's default elsewhere.
+    """
+    if impl == "auto":
+        impl = "fused" if device_type == "cuda" else "default"
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False},
+            "default": {}}[impl]
+
+
 def build_optimizer(network: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
     """SGD with momentum / nesterov; weight decay on every parameter (the LDAM/BCL convention)."""
     o = cfg.optim
-    kw = {}
-    if network.parameters().__next__().is_cuda:
-        kw["foreach"] = True
+    device_type = next(network.parameters()).device.type
     return torch.optim.SGD(network.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                           weight_decay=o.weight_decay, **kw)
+                           weight_decay=o.weight_decay, **optimizer_impl(o.impl, device_type))
 
 
 @dataclass
@@ -53,6 +62,23 @@ class Progress:
     step_in_epoch: int = 0
     global_step: int = 0
     wall_seconds: float = 0.0
+
+
+@dataclass
+class EpochSums:
+    """Running sums of one epoch's training statistics, kept on the device (no per-step host reads)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    first_bad: torch.Tensor  # the first step whose loss was not finite, -1 while none was
+    seen: int = 0
+    part_sums: dict = field(default_factory=dict)  # the loss's named parts, summed like loss_sum
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochSums":
+        return cls(torch.zeros((), device=device, dtype=torch.float64),
+                   torch.zeros((), device=device, dtype=torch.int64),
+                   torch.full((), -1, device=device, dtype=torch.int64))
 
 
 class _SignalGuard:
@@ -175,60 +201,41 @@ class Trainer:
         self.method.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
         self.network.train()
         dev = self.device
-        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-        correct = torch.zeros((), device=dev, dtype=torch.int64)
-        seen = 0
-        part_sums: dict[str, torch.Tensor] = {}
-        first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
+        sums = EpochSums.zeros(dev)
         start_step = p.step_in_epoch
         t0 = time.perf_counter()
         max_steps = cfg.train.max_steps
         for step, batch in enumerate(self.train_batches.epoch(epoch, start_step=start_step), start=start_step):
-            with autocast_context(dev, cfg.train.amp):
-                output = self.method.forward_batch(self.train_forward, batch)
-                loss, parts = self.method.loss(batch, output)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), cfg.optim.grad_clip)
-            self.optimizer.step()
-            # NaN guard without a host sync on every GPU step: remember the first bad step on the device
-            bad = ~torch.isfinite(loss.detach())
-            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
-            loss_sum += loss.detach().double() * batch.labels.numel()
-            for k, v in parts.items():
-                part_sums[k] = part_sums.get(k, 0.0) + v.detach().double() * batch.labels.numel()
-            with torch.no_grad():
-                pred = self.method.inference_logits(output).argmax(dim=1)
-                correct += (pred == batch.labels).sum()
-            seen += batch.labels.numel()
+            self.train_step(batch, step, sums)
             p.step_in_epoch = step + 1
             p.global_step += 1
             if bar is not None:
                 bar.update(1)
             if (step + 1) % self.nan_check_every == 0 or step + 1 == len(self.train_batches):
-                signum = self._check_finite(first_bad, epoch, guard)
+                signum = self._check_finite(sums.first_bad, epoch, guard)
                 if signum:
                     self._stop_on_signal(signum, t0)
             elif guard.signum is not None and not dist.is_distributed():
-                self._check_finite(first_bad, epoch, guard)
+                self._check_finite(sums.first_bad, epoch, guard)
                 self._stop_on_signal(guard.signum, t0)
             if max_steps is not None and p.global_step >= max_steps:
-                self._check_finite(first_bad, epoch)
+                self._check_finite(sums.first_bad, epoch)
                 p.wall_seconds += time.perf_counter() - t0
                 self.save()
                 return True
-        self._check_finite(first_bad, epoch)
+        self._check_finite(sums.first_bad, epoch)
         seconds = time.perf_counter() - t0
         p.wall_seconds += seconds
         p.epoch, p.step_in_epoch = epoch + 1, 0
+        loss_sum, correct, seen, part_sums = sums.loss_sum, sums.correct, sums.seen, sums.part_sums
         if dist.is_distributed():  # epoch statistics over the global batches, not rank 0's share
             names = sorted(part_sums)
-            sums = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=dev, dtype=torch.float64),
-                                *[torch.as_tensor(part_sums[k], device=dev, dtype=torch.float64) for k in names]])
-            dist.all_reduce_sum_(sums)
-            loss_sum, correct, seen = sums[0], sums[1], int(sums[2].item())
-            part_sums = {k: sums[3 + i] for i, k in enumerate(names)}
+            stacked = torch.stack([loss_sum, correct.double(),
+                                   torch.tensor(float(seen), device=dev, dtype=torch.float64),
+                                   *[torch.as_tensor(part_sums[k], device=dev, dtype=torch.float64) for k in names]])
+            dist.all_reduce_sum_(stacked)
+            loss_sum, correct, seen = stacked[0], stacked[1], int(stacked[2].item())
+            part_sums = {k: stacked[3 + i] for i, k in enumerate(names)}
         record = {"epoch": epoch + 1, "step": p.global_step, "lr": lr,
                   "loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(seen, 1),
                   "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
@@ -244,6 +251,34 @@ class Trainer:
         self.logger.log_epoch(record)
         self.save()
         return False
+
+    def train_step(self, batch, step: int, sums: "EpochSums") -> None:
+        """One optimiser step on ``batch`` (step ``step`` of its epoch), adding its statistics to ``sums``.
+
+        Nothing here reads a device value on the host: the NaN guard and the epoch statistics stay on
+        the device until :meth:`_check_finite` and the epoch's log record read them.
+        """
+        cfg = self.cfg
+        with autocast_context(self.device, cfg.train.amp):
+            output = self.method.forward_batch(self.train_forward, batch)
+            loss, parts = self.method.loss(batch, output)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        n = batch.labels.numel()
+        # NaN guard without a host sync: remember the first bad step on the device
+        bad = ~torch.isfinite(loss.detach())
+        sums.first_bad = torch.where(bad & (sums.first_bad < 0), torch.full_like(sums.first_bad, step),
+                                     sums.first_bad)
+        sums.loss_sum += loss.detach().double() * n
+        for k, v in parts.items():
+            sums.part_sums[k] = sums.part_sums.get(k, 0.0) + v.detach().double() * n
+        with torch.no_grad():
+            pred = self.method.inference_logits(output).argmax(dim=1)
+            sums.correct += (pred == batch.labels).sum()
+        sums.seen += n
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int, guard: Optional[_SignalGuard] = None) -> int:
         """Raise NonFiniteLossError if any rank saw a non-finite loss; return the agreed signal (0: none).

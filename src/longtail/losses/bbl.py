@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longtail import hostsync
 from longtail.losses._common import CountsLike, as_counts
 
 GLOBAL_MODES = ("reweight", "logit_adjust")
@@ -202,9 +203,11 @@ class BBLLoss(nn.Module):
                 local_range: Optional[tuple[int, int]] = None) -> BBLOutput:
         """Compute the loss; under DDP pass the global batch and this rank's image range.
 
-        ``local_range=(start, end)``: only the anchors of images start … end−1 enter the means (the
-        global term divides by their 2·(end − start) anchors, the local term by how many of them
-        qualify), while L⁺, S_c and the contrast sets use the whole batch. None means all images.
+        ``local_range=(start, end)``: only the anchors of images start … end−1 enter the sums (the
+        global term divides by their 2·(end − start) anchors, the local term by (end − start)/B times
+        the number of qualifying anchors of the whole batch), while L⁺, S_c and the contrast sets use
+        the whole batch. So Σ over ranges of (end − start)/B · loss is the full-batch loss, and for the
+        equal ranges of DDP ranks the plain mean is: DDP's gradient average is exact. None: all images.
 
         Shape:
             embeddings [B, 2, D], labels [B], prototypes [K, D] -> BBLOutput of scalars.
@@ -219,9 +222,8 @@ class BBLLoss(nn.Module):
             z = embeddings.to(dtype)
             E = torch.cat([z[:, 0], z[:, 1]])  # view-major anchors [2B, D]
             Y = labels.repeat(2)
-            n_img = torch.bincount(labels, minlength=K)  # syncs on CUDA, like any bincount
-            if n_img.shape[0] != K:
-                raise ValueError(f"labels must be class indices in [0, {K}) (got a label >= {K})")
+            # a scatter-add, not bincount: bincount reads the largest label on the host (a GPU sync)
+            n_img = torch.zeros(K, dtype=torch.int64, device=dev).index_add_(0, labels, torch.ones_like(labels))
             idx = torch.arange(start, end, device=dev)
             rows = torch.cat([idx, idx + B])
             sets = bbl_sets(labels, K, rows)
@@ -283,7 +285,19 @@ class BBLLoss(nn.Module):
                 lone = ~use & (n_neg > 0)
                 ell = torch.where(lone, log_d - n_neg.clamp_min(1).log(), ell)
                 use = use | lone
-        return torch.where(use, ell, 0.0).sum() / use.sum().clamp_min(1)
+        # L_LB is the mean over the qualifying anchors of the WHOLE batch. With a local_range (this rank's
+        # rows under DDP) the sum over its rows is divided by that count times the rows' share, so the
+        # share-weighted average over ranges (DDP's plain mean over equal shares) is exactly L_LB.
+        # Whether an anchor qualifies depends on counts only: |L⁺| = n_emb[y] − 2 and |Y⁻|.
+        n_neg_all = present.sum() - present[Y].long()
+        if self.variant == "r2":
+            use_all = n_neg_all > 0
+        else:
+            use_all = n_emb[Y] > 2
+            if self.local_repulsion_only:
+                use_all = use_all | (n_neg_all > 0)
+        denom = use_all.sum().to(Sb.dtype) * (Sb.shape[0] / Y.shape[0])
+        return torch.where(use, ell, 0.0).sum() / denom.clamp_min(Sb.shape[0] / Y.shape[0])
 
     def _centres_and_omega(self, prototypes: Tensor) -> tuple[Tensor, Tensor]:
         dtype = prototypes.dtype
@@ -372,6 +386,11 @@ class BBLLoss(nn.Module):
             raise ValueError(f"labels must be [B] = [{B}] to match embeddings (got shape {tuple(labels.shape)})")
         if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integer class indices (got dtype {labels.dtype})")
+        # the range is checked on CPU only (free there); on a GPU the check would sync every step and an
+        # out-of-range label trips index_add's device-side bounds check instead
+        if hostsync.reads_are_free(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"labels must be class indices in [0, {self.num_classes}) (got min "
+                             f"{int(labels.min())}, max {int(labels.max())})")
         if prototypes.dim() != 2 or prototypes.shape != (self.num_classes, D):
             raise ValueError(f"prototypes must be [K, D] = [{self.num_classes}, {D}] (one centre per class of "
                              f"the counts, same D as the embeddings; got shape {tuple(prototypes.shape)})")

@@ -2,7 +2,8 @@
 
 The official code's defects (METHODS.md §2.6) are not copied: prototypes are never anchors, the
 own-class count excludes the anchor, every class count includes its prototype, the per-element weights
-come from ``bincount`` + ``gather`` on the device (no Python loop over the 2B + C contrast entries),
+come from a scatter-add + ``gather`` on the device (no Python loop over the 2B + C contrast entries and
+no host sync),
 and under DDP the loss is averaged over this rank's anchors against the all-gathered batch.
 """
 
@@ -12,6 +13,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from longtail import hostsync
 
 from longtail.losses.supcon import (
     anchor_rows,
@@ -43,13 +46,30 @@ def _check_prototypes(prototypes: Optional[Tensor], dim: int, complement: bool, 
 
 
 def _check_label_range(labels: Tensor, num_classes: Optional[int]) -> None:
-    # One host sync per step; an out-of-range label would otherwise silently grow bincount.
-    lo, hi = torch.stack([labels.min(), labels.max()]).tolist()
+    # Checked on CPU only, where it costs nothing. On a GPU the check would be a host sync on every
+    # step; there an out-of-range label instead trips the device-side bounds check of index_add.
+    if not hostsync.reads_are_free(labels) or labels.numel() == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
     if num_classes is None and lo < 0:
         raise ValueError(f"labels must be class indices >= 0 (got min {lo})")
     if num_classes is not None and (lo < 0 or hi >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}) to match the {num_classes} prototypes "
                          f"(got min {lo}, max {hi})")
+
+
+def _label_counts(target_y: Tensor, num_classes: Optional[int]) -> Tensor:
+    """For every contrast entry a, how many entries share its label: m_{label(a)}. Shape: [M] -> [M].
+
+    With the number of classes known (prototypes) a scatter-add into C bins; without it a pairwise
+    comparison of the M = N·V labels. Neither needs the largest label on the host (``bincount``
+    does, which is a GPU->CPU sync on every step).
+    """
+    if num_classes is not None:
+        bins = torch.zeros(num_classes, dtype=torch.int64, device=target_y.device)
+        bins.index_add_(0, target_y, torch.ones_like(target_y))
+        return bins.index_select(0, target_y)
+    return (target_y[:, None] == target_y[None, :]).sum(0)
 
 
 class BCLLoss(nn.Module):
@@ -123,8 +143,8 @@ class BCLLoss(nn.Module):
             own = y[r0:r1, None] == target_y[None, :]
             logits = sim
             if self.class_averaging:
-                # m_{label(a)} for every contrast entry a: bincount + gather, no loop over entries.
-                count = torch.bincount(target_y).to(sim.dtype).index_select(0, target_y)  # [M]
+                # m_{label(a)} for every contrast entry a: a scatter-add + gather, no loop over entries.
+                count = _label_counts(target_y, None if protos is None else protos.shape[0]).to(sim.dtype)  # [M]
                 # Own class: the anchor leaves the count. m − 1 is 0 only on the (masked) self column
                 # of a one-member class; the clamp keeps log finite there. Logs are taken on [M], not [A, M].
                 logits = sim - torch.where(own, (count - 1).clamp_min(1).log(), count.log())
