@@ -127,14 +127,27 @@ def test_in_memory_two_ranks_share_each_global_batch():
     ranks = [list(make_source(images, labels, views=[raw_view], rank=r, world_size=2).epoch(2)) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == len(whole)
     for g, r0, r1 in zip(whole, *ranks):
+        used = g.index[: len(g.index) - len(g.index) % 2]  # 37 = 4 x 8 + 5: the tail of 5 is trimmed to 4
         assert not set(r0.index.tolist()) & set(r1.index.tolist())
-        assert sorted(r0.index.tolist() + r1.index.tolist()) == sorted(g.index.tolist())
-        assert torch.equal(r0.index, g.index[0::2]) and torch.equal(r1.index, g.index[1::2])
+        assert sorted(r0.index.tolist() + r1.index.tolist()) == sorted(used.tolist())
+        assert torch.equal(torch.cat([r0.index, r1.index]), used)  # rank order = batch order
         assert torch.equal(r1.labels, torch.as_tensor(labels)[r1.index])
     # ranks draw different augmentation numbers
     two = [next(make_source(images, labels, views=[noise_view], rank=r, world_size=2).epoch(0)) for r in range(2)]
     noise = [b.views[0] - torch.as_tensor(images)[b.index].permute(0, 3, 1, 2).float() / 255 for b in two]
     assert not torch.allclose(noise[0], noise[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_in_memory_ddp_shares_have_equal_sizes_at_every_step(world_size):
+    # the contrastive all-gathers need equal shares, and DDP weighs every rank's gradient equally
+    images, labels = make_data()  # 37 = 4 x 8 + 5
+    shares = [[len(b.index) for b in make_source(images, labels, views=[raw_view], batch_size=world_size * 2,
+                                                 rank=r, world_size=world_size).epoch(0)] for r in range(world_size)]
+    assert all(s == shares[0] for s in shares)
+    whole = 37 // (world_size * 2) * world_size * 2
+    tail = 37 - whole
+    assert shares[0] == [2] * (whole // (world_size * 2)) + ([tail // world_size] if tail >= world_size else [])
 
 
 def test_in_memory_ddp_drops_a_tail_smaller_than_the_world():
@@ -299,10 +312,14 @@ def test_loader_augmentation_does_not_depend_on_workers_and_spares_global_rng(fi
 def test_loader_two_ranks_share_each_global_batch(file_split):
     whole = list(make_loader(file_split, 0).epoch(0))
     ranks = [list(make_loader(file_split, 0, rank=r, world_size=2).epoch(0)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(whole)
     for g, r0, r1 in zip(whole, *ranks):
-        assert torch.equal(r0.index, g.index[0::2]) and torch.equal(r1.index, g.index[1::2])
+        n = len(g.index) - len(g.index) % 2  # an odd tail is trimmed to equal shares
+        assert len(r0.index) == len(r1.index) == n // 2
+        assert torch.equal(torch.cat([r0.index, r1.index]), g.index[:n])
         # a sample's augmentation depends on its global position only, not on the rank
-        assert torch.equal(r1.views[1], g.views[1][1::2])
+        assert torch.equal(r1.views[1], g.views[1][n // 2:n])
+    assert len(whole[-1].index) % 2 == 1  # the fixture's tail is odd, so the trimming is exercised
 
 
 def test_loader_channels_last(file_split):

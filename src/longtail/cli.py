@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -133,7 +134,7 @@ def _cmd_eval(a) -> int:
     from longtail.engine.run import evaluate_run
 
     m = evaluate_run(Path(a.run_dir), a.overrides, echo=(lambda *x: None) if a.json else print)
-    if a.json:
+    if a.json and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 prints
         print(json.dumps(m, indent=1))
     return 0
 

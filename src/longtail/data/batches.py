@@ -13,9 +13,11 @@ integers that locate it, so ``epoch(e, start_step=s)`` rebuilds exactly the batc
 produced from step s on, without replaying anything.
 
 Distributed. ``batch_size`` is the *global* batch. Every rank computes the same global order, cuts it
-into the same global batches and takes its strided share ``batch[rank::world_size]``
-(:func:`~longtail.data.samplers.shard`). The global batch size must be divisible by the world size; a
-last partial batch smaller than the world size is dropped (some ranks would get nothing). Evaluation
+into the same global batches and takes its contiguous share (:func:`~longtail.data.samplers.shard`):
+concatenated in rank order the shares are the global batch, in order. The global batch size must be divisible by the world size; a
+last partial batch is trimmed to a multiple of the world size (so every rank's share has the same size,
+which the all-gathers of the contrastive losses and DDP's equal-weight gradient average need), and
+dropped when smaller than the world size. Evaluation
 instead gives each rank one contiguous chunk of the split, without padding, so every image counts once.
 """
 
@@ -50,6 +52,14 @@ class Batch:
     views: list[torch.Tensor]
     labels: torch.Tensor
     index: torch.Tensor
+
+
+def batch_bounds(step: int, batch_size: int, total: int, world_size: int = 1) -> tuple[int, int]:
+    """Positions ``[start, stop)`` of global batch ``step`` in the epoch order; a last partial batch is
+    trimmed to a multiple of ``world_size`` (one process: nothing is trimmed)."""
+    start = step * batch_size
+    stop = min(start + batch_size, total)
+    return start, stop - (stop - start) % world_size
 
 
 def num_steps(total: int, batch_size: int, *, drop_last: bool, world_size: int = 1) -> int:
@@ -157,7 +167,8 @@ class InMemoryBatches:
         order = self.sampler.epoch_indices(epoch).to(self.device)
         g = torch.Generator(device=self.device)  # reseeded each step: any step is reproducible alone
         for step in range(start_step, steps):
-            idx = shard(order[step * self.batch_size : (step + 1) * self.batch_size], self.rank, self.world_size)
+            start, stop = batch_bounds(step, self.batch_size, len(order), self.world_size)
+            idx = shard(order[start:stop], self.rank, self.world_size)
             x = self.images[idx]  # one gather on the device
             g.manual_seed(_mix_seed(self.seed, epoch, step, self.rank))
             views = [_format(view(x, g), self.channels_last) for view in self.views]

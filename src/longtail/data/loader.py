@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from longtail.data.base import FileSplit
-from longtail.data.batches import (Batch, _check_batching, _check_start, _contiguous_chunk, _format,
+from longtail.data.batches import (Batch, batch_bounds, _check_batching, _check_start, _contiguous_chunk, _format,
                                    num_steps)
-from longtail.data.samplers import Sampler, check_rank, mix_seed
+from longtail.data.samplers import Sampler, check_rank, mix_seed, shard
 from longtail.errors import ConfigError, DataError
 
 _mix_seed = mix_seed
@@ -139,7 +139,8 @@ class _EpochBatchSampler(torch.utils.data.Sampler):
         for step in range(self.start_step, self.steps()):
             # A sample's seed depends on its position in the global order, not on the rank or on which
             # worker decodes it: resuming, or changing num_workers, gives the same augmentation.
-            pos = list(range(step * b, min((step + 1) * b, len(order))))[self.rank :: self.world_size]
+            pos = shard(torch.arange(*batch_bounds(step, b, len(order), self.world_size)), self.rank,
+                        self.world_size).tolist()
             yield [(mix_seed(self.seed, self.epoch, p), order[p]) for p in pos]
 
 

@@ -65,17 +65,20 @@ def check_rank(rank: int, world_size: int) -> None:
 
 
 def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's strided share of one global batch: ``indices[rank::world_size]``.
+    """This rank's contiguous share of one global batch (sizes differ by at most one; the trainers
+    trim every batch to a multiple of the world size, so the shares are equal there).
 
-    The shares of all ranks are disjoint and their union is the global batch. Striding (rather than
-    contiguous chunks) keeps each rank's share a fair sample of the batch even when the sampler emits
-    runs of one class (the class-balanced sampler with k > 1).
+    The shares of all ranks are disjoint, and concatenated in rank order they ARE the global batch, in
+    its order. So the all-gathered batch of the contrastive losses is the single-process batch, and
+    anything that depends on the order within a batch (BBL R4's class queues) evolves as on one process.
 
     Shape:
-        indices: [B] -> [ceil((B - rank) / world_size)].
+        indices: [B] -> [B // world_size (+1 for the first B % world_size ranks)].
     """
     check_rank(rank, world_size)
-    return indices[rank::world_size]
+    base, extra = divmod(len(indices), world_size)
+    start = rank * base + min(rank, extra)
+    return indices[start:start + base + int(rank < extra)]
 
 
 def _as_labels(labels: LabelsLike) -> torch.Tensor:

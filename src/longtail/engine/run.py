@@ -8,8 +8,8 @@ with its ``rank``/``world_size`` share of the data, trains the DDP-wrapped netwo
 chunk of the test split; only rank 0 creates or writes the run directory and prints. ``train.batch_size``
 is the GLOBAL batch (each rank takes ``batch_size / N``) and ``optim.lr`` is used as given: the global
 batch is explicit in the config, so there is no implicit learning-rate scaling with N.
-``LONGTAIL_SYNCBN=1`` converts BatchNorm layers to SyncBatchNorm (CUDA only; a stand-in until a config
-key exists): without it each rank normalises with its own share's batch statistics.
+``train.sync_bn=true`` converts BatchNorm layers to SyncBatchNorm (GPUs only: torch's SyncBatchNorm does
+not run on CPU/gloo); without it each rank normalises with its own share's batch statistics.
 """
 
 from __future__ import annotations
@@ -147,24 +147,17 @@ def build_pieces(cfg: C.Config, device: torch.device, dataset: Optional[Dataset]
     method = create_method(cfg, counts)
     network = method.build_network(ds.num_classes, ds.in_channels)
     method.to(device)
-    if syncbn_requested():
-        if device.type != "cuda" and dist.is_distributed():
-            raise ConfigError("LONGTAIL_SYNCBN=1 needs CUDA (torch's SyncBatchNorm does not run on CPU/gloo); "
-                              "unset it or train on GPUs")
+    if cfg.train.sync_bn and dist.is_distributed():
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn=true needs GPUs: torch's SyncBatchNorm does not run on CPU/gloo. "
+                              "Set train.sync_bn=false (each process then normalises with its own share's "
+                              "statistics) or train on GPUs")
         network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     network.to(device)
     if cfg.train.channels_last:
         network.to(memory_format=torch.channels_last)
     return Pieces(ds, method, network, build_train_batches(cfg, ds, method, device),
                   build_eval_batches(cfg, ds, device))
-
-
-def syncbn_requested() -> bool:
-    """True when the environment asks for SyncBatchNorm (``LONGTAIL_SYNCBN=1``)."""
-    raw = os.environ.get("LONGTAIL_SYNCBN", "0").strip().lower()
-    if raw not in ("0", "1", "true", "false", ""):
-        raise ConfigError(f"LONGTAIL_SYNCBN must be 0 or 1 (got {raw!r})")
-    return raw in ("1", "true")
 
 
 def check_method_name(name: str) -> None:
@@ -308,15 +301,28 @@ def _shots(counts) -> dict:
 
 
 def evaluate_run(run_dir: Path, overrides: list[str], echo=print) -> dict:
-    """Re-evaluate a finished run from its config.yaml and model.safetensors; compare with summary.json."""
-    from safetensors.torch import load_file
+    """Re-evaluate a finished run from its config.yaml and model.safetensors; compare with summary.json.
 
+    Under torchrun every rank evaluates one contiguous chunk of the test split and the metric
+    statistics are summed over ranks, so the metrics are those of the whole split; only rank 0 prints.
+    """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise LongtailError(f"{run_dir} has no config.yaml: pass the folder of a longtail run")
     cfg = C.load(cfg_path, overrides)
-    device = resolve_device(cfg.device)
+    cfg.train.sync_bn = False  # evaluation normalises with the running statistics: nothing to synchronise
+    resolve_device(cfg.device)  # a clear ConfigError before any process group is joined
+    device = dist.init_from_env(cfg.device)
+    try:
+        return _evaluate_run(run_dir, cfg, device, echo if dist.is_main() else _silent)
+    finally:
+        dist.cleanup()
+
+
+def _evaluate_run(run_dir: Path, cfg: C.Config, device: torch.device, echo) -> dict:
+    from safetensors.torch import load_file
+
     pieces = build_pieces(cfg, device)
     weights = run_dir / "model.safetensors"
     if weights.is_file():
