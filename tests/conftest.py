@@ -48,3 +48,15 @@ def require(path: Path) -> Path:
 def _no_user_data_env(monkeypatch, tmp_path_factory):
     """Keep tests away from the user's ~/.cache/longtail and $LONGTAIL_DATA."""
     monkeypatch.setenv("LONGTAIL_DATA", str(tmp_path_factory.getbasetemp() / "no-data-here"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests: on a busy 2-core machine, more threads only
+    add contention (about 10x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

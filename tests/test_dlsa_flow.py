@@ -15,13 +15,7 @@ from longtail.dlsa.train_flow import BalanceEMA, PairSampler, class_weights, pur
 from longtail.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: on a busy 2-core machine, intra-op threads only add contention (10x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _eval_flow(d, seed=0):

@@ -14,13 +14,7 @@ from longtail.dlsa.data import read_feature_cache
 from longtail.errors import DataError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: on a busy 2-core machine, intra-op threads only add contention (10x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 TINY = ["num_clusters=8", "flow_epochs=2", "flow_batch=64", "cls_epochs=4", "cls_batch=32", "eval_every=2"]
 N_PER = (120, 60, 30, 15, 8)

@@ -273,3 +273,33 @@ def test_accumulator_bad_inputs() -> None:
         MetricAccumulator(0)
     with pytest.raises(ValueError, match="positive integers"):
         MetricAccumulator(3, k=(0,))
+
+
+def test_without_confusion_matrix_the_metrics_are_the_same() -> None:
+    c = 12
+    logits, targets = _data(300, c, seed=9)
+    counts = list(range(240, 0, -20))
+    full, lean = MetricAccumulator(c, keep_confusion=True), MetricAccumulator(c, keep_confusion=False)
+    for chunk_l, chunk_t in zip(logits.split(70), targets.split(70)):
+        full.update(chunk_l, chunk_t)
+        lean.update(chunk_l, chunk_t)
+    assert lean.compute(counts) == full.compute(counts)
+    assert "confusion" in full.state() and "confusion" not in lean.state()
+    with pytest.raises(ValueError, match="keep_confusion=True"):
+        lean.confusion()
+    # the per-class statistics are the confusion matrix's row sums and diagonal
+    cm = full.confusion()
+    np.testing.assert_array_equal(lean.state()["class_total"].numpy(), cm.sum(1))
+    np.testing.assert_array_equal(lean.state()["class_correct"].numpy(), np.diag(cm))
+
+
+def test_confusion_matrix_is_dropped_above_1000_classes() -> None:
+    assert MetricAccumulator(1000).keep_confusion and not MetricAccumulator(1001).keep_confusion
+    acc = MetricAccumulator(8142)  # iNaturalist 2018: O(C) state, not a 530 MB matrix
+    assert sum(t.numel() for t in acc.state().values()) < 20_000
+    logits = torch.randn(6, 8142)
+    targets = logits.argmax(1)
+    targets[0] = (targets[0] + 1) % 8142
+    acc.update(logits, targets)
+    out = acc.compute(np.ones(8142))
+    assert out["top1"] == pytest.approx(500 / 6) and out["num_samples"] == 6

@@ -200,6 +200,10 @@ def _none_if_nan(x: float) -> Optional[float]:
     return None if math.isnan(x) else float(x)
 
 
+#: Up to this many classes the accumulator also keeps the full confusion matrix by default (8 MB).
+CONFUSION_MAX_CLASSES = 1000
+
+
 class MetricAccumulator:
     """Sums fixed-size statistics over batches, then computes every metric at once.
 
@@ -208,15 +212,19 @@ class MetricAccumulator:
 
         st = acc.state(); [dist.all_reduce(t) for t in st.values()]; acc.load_state(st)
 
-    The full confusion matrix costs C^2 int64 (C = 1000: 8 MB; C = 8142: 530 MB).
+    The metrics need only per-class totals and hits (O(C)). The full confusion matrix costs C^2 int64
+    (C = 1000: 8 MB; C = 8142: 530 MB, and as much again in every all-reduce), so by default it is kept
+    only up to :data:`CONFUSION_MAX_CLASSES` classes.
 
     Args:
         num_classes: C.
         k: top-k accuracies to track; with C < k the top-k is over min(k, C) classes.
         ece_bins: equal-width calibration bins.
+        keep_confusion: also accumulate the C x C confusion matrix (default: when C <= 1000).
     """
 
-    def __init__(self, num_classes: int, k: Sequence[int] = (1, 5), ece_bins: int = 15) -> None:
+    def __init__(self, num_classes: int, k: Sequence[int] = (1, 5), ece_bins: int = 15,
+                 keep_confusion: Optional[bool] = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (got {num_classes})")
         if not k or any(int(x) < 1 for x in k):
@@ -226,18 +234,23 @@ class MetricAccumulator:
         self.num_classes = int(num_classes)
         self.k = tuple(int(x) for x in k)
         self.ece_bins = int(ece_bins)
+        self.keep_confusion = (self.num_classes <= CONFUSION_MAX_CLASSES if keep_confusion is None
+                               else bool(keep_confusion))
         self.reset()
 
     def reset(self, device: Union[str, torch.device, None] = None) -> None:
         """Zero every statistic (on ``device``, default CPU; moved to the logits' device on update)."""
         c, n = self.num_classes, self.ece_bins
         self._state = {
-            "confusion": torch.zeros(c * c, dtype=torch.int64, device=device),
+            "class_total": torch.zeros(c, dtype=torch.int64, device=device),
+            "class_correct": torch.zeros(c, dtype=torch.int64, device=device),
             "topk_correct": torch.zeros(len(self.k), dtype=torch.int64, device=device),
             "calib_count": torch.zeros(n, dtype=torch.int64, device=device),
             "calib_conf_sum": torch.zeros(n, dtype=torch.float64, device=device),
             "calib_correct_sum": torch.zeros(n, dtype=torch.float64, device=device),
         }
+        if self.keep_confusion:
+            self._state["confusion"] = torch.zeros(c * c, dtype=torch.int64, device=device)
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -262,7 +275,7 @@ class MetricAccumulator:
             raise ValueError(
                 f"targets must lie in [0, {c}) (got values from {targets.min().item()} to {targets.max().item()})"
             )
-        if self._state["confusion"].device != logits.device:
+        if self._state["class_total"].device != logits.device:
             self._state = {name: t.to(logits.device) for name, t in self._state.items()}
         st = self._state
 
@@ -276,8 +289,11 @@ class MetricAccumulator:
         hits = top == targets[:, None]
         for i, kk in enumerate(self.k):
             st["topk_correct"][i] += hits[:, : min(kk, c)].any(dim=1).sum()
-        # index_add_ adds O(B) entries in place; a bincount would allocate C^2 per batch.
-        st["confusion"].index_add_(0, targets * c + pred, torch.ones_like(pred))
+        ones = torch.ones_like(pred)
+        st["class_total"].index_add_(0, targets, ones)
+        st["class_correct"].index_add_(0, targets, (pred == targets).to(torch.int64))
+        if self.keep_confusion:  # index_add_ adds O(B) entries in place; a bincount would allocate C^2
+            st["confusion"].index_add_(0, targets * c + pred, ones)
         conf = probs.gather(1, pred[:, None]).squeeze(1)
         for name, t in zip(("calib_count", "calib_conf_sum", "calib_correct_sum"),
                            _bin_stats(conf, pred == targets, self.ece_bins)):
@@ -287,7 +303,9 @@ class MetricAccumulator:
         """The statistics; every tensor is SUM-reduced across processes (documented contract).
 
         Shape:
-            confusion: [C*C] int64 (row-major, rows = true class); topk_correct: [len(k)] int64;
+            class_total, class_correct: [C] int64 (test images and top-1 hits per true class);
+            confusion (only with ``keep_confusion``): [C*C] int64 (row-major, rows = true class);
+            topk_correct: [len(k)] int64;
             calib_count: [n_bins] int64; calib_conf_sum, calib_correct_sum: [n_bins] float64.
         """
         return dict(self._state)
@@ -307,6 +325,9 @@ class MetricAccumulator:
 
     def confusion(self) -> np.ndarray:
         """The accumulated confusion matrix, int64 [C, C], rows = true class."""
+        if not self.keep_confusion:
+            raise ValueError(f"this accumulator does not keep the confusion matrix ({self.num_classes} classes); "
+                             f"create it with keep_confusion=True")
         return self._state["confusion"].cpu().numpy().reshape(self.num_classes, self.num_classes)
 
     def calibration(self) -> CalibrationBins:
@@ -332,12 +353,14 @@ class MetricAccumulator:
             raise ValueError(
                 f"train_counts has {counts.shape[0]} classes but the accumulator has {self.num_classes}"
             )
-        cm = self.confusion()
-        per_class = per_class_accuracy(cm)
-        out: dict[str, Any] = {"top1": float(100.0 * np.trace(cm) / n)}
+        total = self._state["class_total"].cpu().numpy()
+        correct = self._state["class_correct"].cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = np.where(total > 0, 100.0 * correct / np.maximum(total, 1), np.nan)
+        out: dict[str, Any] = {"top1": float(100.0 * correct.sum() / n)}
         topk = self._state["topk_correct"].cpu().numpy()
         for kk, hits in zip(self.k, topk):
-            if kk != 1:  # top-1 comes from the confusion matrix; both use the same prediction
+            if kk != 1:  # top-1 comes from the per-class hits; both use the same prediction
                 out[f"top{kk}"] = float(100.0 * hits / n)
         out.update(shot_group_accuracy(per_class, counts))
         out["per_class"] = [_none_if_nan(a) for a in per_class]
