@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import longtail.engine.run as run_mod
+from longtail import config as C
 from longtail.errors import LongtailError
 from longtail.reproduce import TARGETS, load_suite, run_suite, target_for
 
@@ -131,7 +132,7 @@ def test_always_failing_run_is_reported_and_raises(tmp_path, monkeypatch):
 
 
 def test_unknown_suite_lists_suites(tmp_path):
-    with pytest.raises(LongtailError, match="unknown suite 'nope'.*cifar10_lt, smoke, tinyimagenet_lt"):
+    with pytest.raises(LongtailError, match="unknown suite 'nope'.*cifar10_lt, cifar10_lt_contrastive, cifar10_lt_r100, smoke, tinyimagenet_lt"):
         run_suite("nope", tmp_path, device="cpu", echo=quiet)
 
 
@@ -162,6 +163,13 @@ def test_shipped_suites_expand():
     assert {(j.cfg.method.name, j.cfg.data.imbalance) for j in jobs} == {
         (m, r) for m in ("ce", "la", "ldam_drw", "bcl", "bbl") for r in (100.0, 50.0, 10.0)}
     assert all(j.cfg.data.name == "cifar10" and j.cfg.model.backbone == "resnet32" for j in jobs)
+    # the GPU-priority subsets are exactly the matching runs of cifar10_lt
+    full = {j.name: j.cfg for j in jobs}
+    for sub, keep in (("cifar10_lt_r100", lambda c: c.data.imbalance == 100),
+                      ("cifar10_lt_contrastive", lambda c: c.method.name in ("bcl", "bbl") and c.data.imbalance < 100)):
+        part = load_suite(sub, (0, 1, 2), None, Path("/tmp/x"), "cpu")
+        assert sorted(j.name for j in part) == sorted(n for n, c in full.items() if keep(c))
+        assert all(C.to_dict(j.cfg) == C.to_dict(full[j.name]) for j in part)
     tiny = load_suite("tinyimagenet_lt", (0,), None, Path("/tmp/x"), "cpu")
     assert {(j.cfg.method.name, j.cfg.data.imbalance) for j in tiny} == {
         (m, r) for m in ("ce", "la", "ldam_drw", "bcl", "bbl") for r in (100.0, 10.0)}
