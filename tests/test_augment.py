@@ -598,3 +598,24 @@ def test_large_image_views_follow_methods():
                                           randaugment_mstd=0.5, **dict(_KW, cutout=8))
     assert small.transforms[0].scale == (0.2, 1.0) and "GaussianBlur" in kinds(small)
     assert ra_steps(small)[0].keywords["translate_px"] is None and "Cutout" not in repr(small)
+
+
+def test_batch_rows_draws_for_the_global_batch_and_keeps_the_share():
+    from longtail.data.augment import batch_rows, rand, randint, randn
+
+    g = torch.Generator().manual_seed(3)
+    whole = (rand(g, 5, 2, device="cpu"), randint(0, 9, g, 5, device="cpu"), randn(g, 5, 3, device="cpu"))
+    g.manual_seed(3)
+    with batch_rows(2, 5):
+        part = (rand(g, 3, 2, device="cpu"), randint(0, 9, g, 3, device="cpu"), randn(g, 3, 3, device="cpu"))
+    for w, p in zip(whole, part):
+        assert torch.equal(p, w[2:5])
+    g.manual_seed(3)
+    assert torch.equal(rand(g, 5, 2, device="cpu"), whole[0])  # the context is gone after the block
+    with pytest.raises(ValueError, match="does not fit at offset 4 of a 5-row"):
+        with batch_rows(4, 5):
+            rand(g, 2, device="cpu")
+    for bad in [(-1, 4), (4, 4), (0.5, 4)]:
+        with pytest.raises(ValueError, match="0 <= offset < total"):
+            with batch_rows(*bad):
+                pass

@@ -17,6 +17,7 @@ from longtail.data.batches import (
 )
 from longtail.data.loader import LoaderBatches, LoaderEvalBatches
 from longtail.data.samplers import ClassBalancedSampler, InstanceSampler
+from longtail.data.augment import rand, randn
 from longtail.errors import ConfigError, DataError
 
 N, H, W = 37, 4, 5
@@ -28,14 +29,14 @@ def raw_view(x, g):
 
 
 def flip_view(x, g):
-    flip = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
+    flip = rand(g, x.shape[0], device=x.device) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(2), x)
     return (x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
 
 
 def noise_view(x, g):
     x = x.permute(0, 3, 1, 2).float() / 255
-    return x + 0.1 * torch.randn(x.shape, generator=g, device=x.device)
+    return x + 0.1 * randn(g, *x.shape, device=x.device)
 
 
 def make_data(n=N, seed=0):
@@ -132,10 +133,24 @@ def test_in_memory_two_ranks_share_each_global_batch():
         assert sorted(r0.index.tolist() + r1.index.tolist()) == sorted(used.tolist())
         assert torch.equal(torch.cat([r0.index, r1.index]), used)  # rank order = batch order
         assert torch.equal(r1.labels, torch.as_tensor(labels)[r1.index])
-    # ranks draw different augmentation numbers
-    two = [next(make_source(images, labels, views=[noise_view], rank=r, world_size=2).epoch(0)) for r in range(2)]
-    noise = [b.views[0] - torch.as_tensor(images)[b.index].permute(0, 3, 1, 2).float() / 255 for b in two]
-    assert not torch.allclose(noise[0], noise[1], atol=1e-4)
+    # each rank's augmented views are its rows of the single process's: augmentation does not depend
+    # on the number of processes (here with the noise of a view and with real ops: crop, flip, AutoAugment,
+    # Cutout, SimCLR colour views, RandAugment)
+    from longtail.data.augment import build_view
+
+    kw = dict(image_size=4, crop_padding=1, flip=True, cutout=2, randaugment_n=2, randaugment_m=10,
+              randaugment_mstd=0.5, mean=(0.5,) * 3, std=(0.25,) * 3)
+    views = [flip_view, noise_view] + [build_view(p, **kw) for p in ("autoaugment", "simclr", "simclr_rand")]
+    for world_size in (2, 3):
+        one = list(make_source(images, labels, views=views, batch_size=6).epoch(1))
+        many = [list(make_source(images, labels, views=views, batch_size=6, rank=r,
+                                 world_size=world_size).epoch(1)) for r in range(world_size)]
+        assert len(many[0]) == len(one) - 1  # 37 = 6 x 6 + 1: a tail of 1 is dropped under DDP
+        for g, *parts in zip(one, *many):
+            n = sum(len(p.index) for p in parts)
+            assert torch.equal(torch.cat([p.index for p in parts]), g.index[:n])
+            for v in range(len(views)):
+                torch.testing.assert_close(torch.cat([p.views[v] for p in parts]), g.views[v][:n], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])

@@ -4,7 +4,9 @@ A small dataset is one uint8 tensor on the device; each batch is augmented with 
 whole batch, a different random draw per sample, and no Python loop over images, no PIL and no
 workers (ARCHITECTURE.md, "The speed design"). The same code runs on CPU and CUDA. Every random op
 takes a ``torch.Generator`` ``g`` on the batch's device and draws all of its randomness from it, in
-the order its docstring states, so a result is reproducible from the generator state.
+the order its docstring states, so a result is reproducible from the generator state. The draws go
+through :func:`rand` / :func:`randint` / :func:`randn`, which inside :func:`batch_rows` draw for a whole
+global batch and keep one DDP rank's rows, so augmentation does not depend on the number of processes.
 
 ``build_view(preset, ...)`` composes the ops into the training views of METHODS.md §2.4;
 ``build_torchvision_transform`` builds the per-image PIL equivalent for the DataLoader path.
@@ -22,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longtail.data.augment_policies import auto_augment_cifar, check_batch, fill_tensor, rand_augment
+from longtail.data.augment_policies import (auto_augment_cifar, batch_rows, check_batch, fill_tensor, rand,
+                                            rand_augment, randint, randn)
 
 __all__ = [
     "PRESETS", "to_float", "normalize", "random_crop", "random_hflip", "cutout", "random_resized_crop",
     "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter",
-    "random_grayscale", "gaussian_blur", "auto_augment_cifar", "rand_augment", "ViewPipeline",
+    "random_grayscale", "gaussian_blur", "auto_augment_cifar", "rand_augment", "batch_rows", "rand", "randint",
+    "randn", "ViewPipeline",
     "build_view", "build_torchvision_transform",
 ]
 
@@ -106,8 +110,8 @@ def random_crop(x: Tensor, g: torch.Generator, size: Size, padding: int, fill: f
     b, _, h, w = x.shape
     if padding < 0 or th > h + 2 * padding or tw > w + 2 * padding:
         raise ValueError(f"cannot crop {th}x{tw} from {h}x{w} images padded by {padding}; lower size or raise padding")
-    top = torch.randint(0, h + 2 * padding - th + 1, (b,), generator=g, device=x.device)
-    left = torch.randint(0, w + 2 * padding - tw + 1, (b,), generator=g, device=x.device)
+    top = randint(0, h + 2 * padding - th + 1, g, b, device=x.device)
+    left = randint(0, w + 2 * padding - tw + 1, g, b, device=x.device)
     return _crop_at(x, top, left, (th, tw), padding, fill)
 
 
@@ -115,7 +119,7 @@ def random_hflip(x: Tensor, g: torch.Generator, p: float = 0.5) -> Tensor:
     """Mirror each sample left-right with probability ``p`` (draw: ``rand([B]) < p``). Shape: same as x."""
     check_batch(x, g)
     _check_p(p)
-    flip = torch.rand(x.shape[0], generator=g, device=x.device) < p
+    flip = rand(g, x.shape[0], device=x.device) < p
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -134,8 +138,8 @@ def cutout(x: Tensor, g: torch.Generator, size: int, holes: int = 1, value: floa
     if size <= 0 or holes <= 0:
         raise ValueError(f"cutout needs size > 0 and holes > 0, got size={size}, holes={holes}")
     b, _, h, w = x.shape
-    cy = torch.randint(0, h, (b, holes), generator=g, device=x.device)
-    cx = torch.randint(0, w, (b, holes), generator=g, device=x.device)
+    cy = randint(0, h, g, b, holes, device=x.device)
+    cx = randint(0, w, g, b, holes, device=x.device)
 
     def span(centre: Tensor, n: int) -> Tensor:  # [B, holes, n]: which rows/cols each hole covers
         lo = (centre - size // 2)[..., None]
@@ -168,7 +172,7 @@ def random_resized_crop(x: Tensor, g: torch.Generator, size: Size, scale: tuple[
     if not (0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1]):
         raise ValueError(f"need 0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}")
     b, _, h, w = x.shape
-    u = torch.rand(b, 10, 4, generator=g, device=x.device)
+    u = rand(g, b, 10, 4, device=x.device)
     area = h * w * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     lr = (math.log(ratio[0]), math.log(ratio[1]))
     aspect = torch.exp(lr[0] + (lr[1] - lr[0]) * u[..., 1])
@@ -270,7 +274,7 @@ def color_jitter(x: Tensor, g: torch.Generator, brightness: float = 0.0, contras
     if min(brightness, contrast, saturation) < 0 or not 0.0 <= hue <= 0.5:
         raise ValueError(f"color_jitter needs brightness, contrast, saturation >= 0 and hue in [0, 0.5], "
                          f"got {brightness}, {contrast}, {saturation}, {hue}")
-    u = torch.rand(x.shape[0], 5, generator=g, device=x.device)
+    u = rand(g, x.shape[0], 5, device=x.device)
     y = x
     for i, (v, fn) in enumerate(((brightness, adjust_brightness), (contrast, adjust_contrast),
                                  (saturation, adjust_saturation))):
@@ -289,7 +293,7 @@ def random_grayscale(x: Tensor, g: torch.Generator, p: float = 0.1) -> Tensor:
     """
     check_batch(x, g)
     _check_p(p)
-    gray = torch.rand(x.shape[0], generator=g, device=x.device) < p
+    gray = rand(g, x.shape[0], device=x.device) < p
     if x.shape[1] == 1:
         return x
     return torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
@@ -314,7 +318,7 @@ def gaussian_blur(x: Tensor, g: torch.Generator, sigma: tuple[float, float] = (0
         raise ValueError(f"kernel_size must be odd, positive and smaller than twice the image side, got {k}")
     if not 0 < sigma[0] <= sigma[1]:
         raise ValueError(f"sigma must satisfy 0 < sigma[0] <= sigma[1], got {sigma}")
-    u = torch.rand(b, 2, generator=g, device=x.device)
+    u = rand(g, b, 2, device=x.device)
     s = sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]
     r = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     kern = torch.exp(-0.5 * (r / s[:, None]) ** 2)

@@ -21,9 +21,11 @@ library the policies were searched with:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from functools import lru_cache
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -39,6 +41,59 @@ __all__ = [
 
 Fill = Union[float, Sequence[float]]
 Param = Union[float, Tensor]
+
+# ----------------------------------------------------------------------------------- random draws
+
+_ROWS: contextvars.ContextVar[Optional[tuple[int, int]]] = contextvars.ContextVar("longtail_aug_rows",
+                                                                                   default=None)
+
+
+@contextlib.contextmanager
+def batch_rows(offset: int, total: int):
+    """Inside this block every random draw is made for ``total`` rows and rows ``offset`` … ``offset + B − 1``
+    are used, where B is the batch the op sees.
+
+    This is how a DDP rank augments its contiguous share of a global batch of ``total`` images (starting
+    at ``offset``) with exactly the numbers that a single process, drawing for the whole batch from the
+    same generator state, gives those images: augmentation does not depend on the world size.
+    """
+    if not (isinstance(offset, int) and isinstance(total, int) and 0 <= offset < total):
+        raise ValueError(f"batch_rows needs 0 <= offset < total (got offset={offset!r}, total={total!r})")
+    token = _ROWS.set((offset, total))
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
+def _rows(b: int) -> tuple[int, int]:
+    """(offset, total) of the draw for a batch of b rows: (0, b) outside :func:`batch_rows`."""
+    rows = _ROWS.get()
+    if rows is None:
+        return 0, b
+    offset, total = rows
+    if offset + b > total:
+        raise ValueError(f"a batch of {b} rows does not fit at offset {offset} of a {total}-row global batch")
+    return offset, total
+
+
+def rand(g: torch.Generator, b: int, *rest: int, device) -> Tensor:
+    """``torch.rand(b, *rest)`` from ``g``; inside :func:`batch_rows` this batch's rows of a global draw."""
+    off, total = _rows(b)
+    return torch.rand((total, *rest), generator=g, device=device)[off:off + b]
+
+
+def randn(g: torch.Generator, b: int, *rest: int, device) -> Tensor:
+    """``torch.randn(b, *rest)`` from ``g``, with the rows of :func:`rand`."""
+    off, total = _rows(b)
+    return torch.randn((total, *rest), generator=g, device=device)[off:off + b]
+
+
+def randint(low: int, high: int, g: torch.Generator, b: int, *rest: int, device) -> Tensor:
+    """``torch.randint(low, high, (b, *rest))`` from ``g``, with the rows of :func:`rand`."""
+    off, total = _rows(b)
+    return torch.randint(low, high, (total, *rest), generator=g, device=device)[off:off + b]
+
 
 # ----------------------------------------------------------------------------------- helpers
 
@@ -393,8 +448,8 @@ def auto_augment_cifar(x: Tensor, g: torch.Generator, fill: Fill = 128 / 255) ->
     check_batch(x, g)
     b, _, h, w = x.shape
     op, prob, base, signed, offset, axis = _aa_tables(x.device)
-    sub = torch.randint(0, len(AA_CIFAR10_POLICY), (b,), generator=g, device=x.device)
-    u = torch.rand(b, 2, 2, generator=g, device=x.device)
+    sub = randint(0, len(AA_CIFAR10_POLICY), g, b, device=x.device)
+    u = rand(g, b, 2, 2, device=x.device)
     for s in range(2):
         param = _signed_param(base[sub, s], signed[sub, s], offset[sub, s], axis[sub, s], u[:, s, 1] < 0.5, h, w)
         chosen = torch.where(u[:, s, 0] < prob[sub, s], op[sub, s], -1)
@@ -454,12 +509,12 @@ def rand_augment(x: Tensor, g: torch.Generator, n: int = 2, m: float = 10.0, mst
     if translate_px is not None:  # absolute shifts: the level-10 value is in pixels, not scaled by the size
         shift = axis > 0
         top, axis = torch.where(shift, float(translate_px), top), torch.where(shift, 0, axis)
-    op = torch.randint(0, len(_RA_NAMES), (b, n), generator=g, device=x.device)
-    u = torch.rand(b, n, 2, generator=g, device=x.device)
+    op = randint(0, len(_RA_NAMES), g, b, n, device=x.device)
+    u = rand(g, b, n, 2, device=x.device)
     if math.isinf(mstd):
-        level = torch.rand(b, n, generator=g, device=x.device) * m
+        level = rand(g, b, n, device=x.device) * m
     elif mstd > 0:
-        level = m + mstd * torch.randn(b, n, generator=g, device=x.device)
+        level = m + mstd * randn(g, b, n, device=x.device)
     else:
         level = torch.full((b, n), float(m), device=x.device)
     level = level.clamp(0.0, 10.0)

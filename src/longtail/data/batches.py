@@ -29,10 +29,13 @@ from typing import Callable, Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from longtail.data.samplers import Sampler, check_rank, mix_seed, shard
+from longtail.data.augment_policies import batch_rows
+from longtail.data.samplers import Sampler, check_rank, mix_seed, shard, shard_bounds
 from longtail.errors import ConfigError
 
-#: A view: ``view(x uint8 [B, H, W, C] on the device, g) -> float32 [B, C, H, W]`` normalised.
+#: A view: ``view(x uint8 [B, H, W, C] on the device, g) -> float32 [B, C, H, W]`` normalised. A view
+#: draws its randomness from ``g`` through ``longtail.data.augment``'s ``rand`` / ``randint`` / ``randn``
+#: (every built-in op does), so that under DDP each rank gets its rows of the global batch's draw.
 View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -124,8 +127,10 @@ class InMemoryBatches:
         channels_last: return views in channels_last memory format.
         rank, world_size: this process's share (see the module docstring).
 
-    Each step's augmentation uses one generator on the device seeded with
-    ``mix_seed(seed, epoch, step, rank)``, drawn from by the views in order.
+    Each step's augmentation uses one generator on the device seeded with ``mix_seed(seed, epoch, step, 0)``,
+    drawn from by the views in order. Under DDP every rank seeds it the same way and draws for the whole
+    global batch, keeping the rows of its own share (:func:`~longtail.data.augment.batch_rows`): each
+    image gets the augmentation a single process gives it, whatever the number of processes.
     """
 
     def __init__(
@@ -170,8 +175,13 @@ class InMemoryBatches:
             start, stop = batch_bounds(step, self.batch_size, len(order), self.world_size)
             idx = shard(order[start:stop], self.rank, self.world_size)
             x = self.images[idx]  # one gather on the device
-            g.manual_seed(_mix_seed(self.seed, epoch, step, self.rank))
-            views = [_format(view(x, g), self.channels_last) for view in self.views]
+            g.manual_seed(_mix_seed(self.seed, epoch, step, 0))  # rank-free: see the class docstring
+            if self.world_size == 1:
+                views = [_format(view(x, g), self.channels_last) for view in self.views]
+            else:
+                offset, _ = shard_bounds(stop - start, self.rank, self.world_size)
+                with batch_rows(offset, stop - start):
+                    views = [_format(view(x, g), self.channels_last) for view in self.views]
             yield Batch(views=views, labels=self.labels[idx], index=idx)
 
 

@@ -75,10 +75,16 @@ def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     Shape:
         indices: [B] -> [B // world_size (+1 for the first B % world_size ranks)].
     """
+    start, stop = shard_bounds(len(indices), rank, world_size)
+    return indices[start:stop]
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Positions ``[start, stop)`` of this rank's share (:func:`shard`) of an n-item global batch."""
     check_rank(rank, world_size)
-    base, extra = divmod(len(indices), world_size)
+    base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
-    return indices[start:start + base + int(rank < extra)]
+    return start, start + base + int(rank < extra)
 
 
 def _as_labels(labels: LabelsLike) -> torch.Tensor:
