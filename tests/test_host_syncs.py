@@ -87,8 +87,10 @@ class SyncRecorder(TorchDispatchMode):
 
 def _epoch_syncs(method: str, batch_size: int, monkeypatch, tmp_path) -> tuple[int, int, collections.Counter]:
     monkeypatch.setattr(hostsync, "reads_are_free", lambda t: False)  # take the GPU path
+    method, _, variant = method.partition(":")
+    extra = [f"method.bbl_variant={variant}"] if variant else []
     # the recipe's own views (AutoAugment + Cutout, SimCLR views) on the tiny digits set
-    cfg = C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml",
+    cfg = C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml", extra +
                  ["data.name=digits", "data.imbalance=10", "model.backbone=resnet8", "model.width=8",
                   f"train.batch_size={batch_size}", "train.epochs=1", "train.progress=false", "device=cpu",
                   "train.eval_every=0", "eval.batch_size=500", "optim.warmup_epochs=0"])
@@ -105,7 +107,8 @@ def _epoch_syncs(method: str, batch_size: int, monkeypatch, tmp_path) -> tuple[i
     return len(p.train_batches), rec.total(), rec.hits
 
 
-@pytest.mark.parametrize("method", ["ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "supcon"])
+@pytest.mark.parametrize("method", ["ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "bbl:r2", "bbl:r3",
+                                    "bbl:r4", "supcon"])
 def test_host_syncs_do_not_grow_with_the_number_of_steps(method, monkeypatch, tmp_path):
     steps_a, syncs_a, hits_a = _epoch_syncs(method, 64, monkeypatch, tmp_path / "a")
     steps_b, syncs_b, hits_b = _epoch_syncs(method, 160, monkeypatch, tmp_path / "b")
@@ -131,10 +134,12 @@ def test_the_recorder_catches_each_kind_of_sync():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl"])
+@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl", "bbl:r4"])
 def test_cuda_training_steps_raise_no_sync_error(method, tmp_path):
     """On a GPU, torch's sync debug mode turns any host sync inside the steps into an error."""
-    cfg = C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml",
+    method, _, variant = method.partition(":")
+    extra = [f"method.bbl_variant={variant}"] if variant else []
+    cfg = C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml", extra +
                  ["data.name=digits", "data.imbalance=10", "model.backbone=resnet8", "model.width=8",
                   "train.batch_size=64", "train.epochs=1", "train.progress=false", "device=cuda"])
     dev = torch.device("cuda")

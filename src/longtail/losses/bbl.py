@@ -358,7 +358,13 @@ class BBLLoss(nn.Module):
             rank[order] = torch.arange(lab.shape[0], device=lab.device) - first[lab[order]]
             keep = rank >= n[lab] - S  # a class with more than S new entries keeps its last S (FIFO)
             slot = (self.queue_ptr[lab] + rank) % S
-            self.queue = self.queue.index_put((lab[keep], slot[keep]), flat[keep])
+            # Kept entries have distinct (class, slot) targets; the others go to one scratch row that is
+            # cut off again. No boolean-mask indexing: its data-dependent size would sync the GPU.
+            K, D = self.queue.shape[0], self.queue.shape[2]
+            target = torch.where(keep, lab * S + slot, K * S)
+            rows = torch.cat([self.queue.reshape(K * S, D), self.queue.new_zeros(1, D)])
+            rows = rows.index_put((target,), flat.to(rows.dtype))
+            self.queue = rows[: K * S].view(K, S, D)
             self.queue_ptr = (self.queue_ptr + n) % S
             self.queue_len = torch.clamp(self.queue_len + n, max=S)
 
