@@ -74,9 +74,13 @@ def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"cm must be a square [C, C] matrix (got shape {cm.shape})")
-    total = cm.sum(axis=1).astype(np.float64)
-    correct = np.diag(cm).astype(np.float64)
-    out = np.full(cm.shape[0], np.nan)
+    return _accuracy_from_counts(cm.sum(axis=1), np.diag(cm))
+
+
+def _accuracy_from_counts(total: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """100·correct/total per class; NaN where total is 0. Shape: [C], [C] -> float64 [C]."""
+    total, correct = np.asarray(total, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    out = np.full(total.shape[0], np.nan)
     present = total > 0
     out[present] = 100.0 * correct[present] / total[present]
     return out
@@ -355,8 +359,7 @@ class MetricAccumulator:
             )
         total = self._state["class_total"].cpu().numpy()
         correct = self._state["class_correct"].cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_class = np.where(total > 0, 100.0 * correct / np.maximum(total, 1), np.nan)
+        per_class = _accuracy_from_counts(total, correct)
         out: dict[str, Any] = {"top1": float(100.0 * correct.sum() / n)}
         topk = self._state["topk_correct"].cpu().numpy()
         for kk, hits in zip(self.k, topk):

@@ -14,11 +14,10 @@ produced from step s on, without replaying anything.
 
 Distributed. ``batch_size`` is the *global* batch. Every rank computes the same global order, cuts it
 into the same global batches and takes its contiguous share (:func:`~longtail.data.samplers.shard`):
-concatenated in rank order the shares are the global batch, in order. The global batch size must be divisible by the world size; a
-last partial batch is trimmed to a multiple of the world size (so every rank's share has the same size,
-which the all-gathers of the contrastive losses and DDP's equal-weight gradient average need), and
-dropped when smaller than the world size. Evaluation
-instead gives each rank one contiguous chunk of the split, without padding, so every image counts once.
+concatenated in rank order the shares are the global batch, in order. The global batch size must be
+divisible by the world size; a last partial batch is trimmed to a multiple of the world size (so every
+rank's share has the same size, which the all-gathers of the contrastive losses and DDP's equal-weight
+gradient average need), and dropped when smaller than the world size. Evaluation instead gives each rank one contiguous chunk of the split, without padding, so every image counts once.
 """
 
 from __future__ import annotations
@@ -97,11 +96,6 @@ def _as_images(images: ArrayLike, labels: ArrayLike) -> tuple[torch.Tensor, torc
     return x, y
 
 
-def _contiguous_chunk(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    # Chunk sizes differ by at most one (like numpy.array_split); no padding, no duplicates.
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + int(rank < extra)
 
 
 def _format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -176,12 +170,9 @@ class InMemoryBatches:
             idx = shard(order[start:stop], self.rank, self.world_size)
             x = self.images[idx]  # one gather on the device
             g.manual_seed(_mix_seed(self.seed, epoch, step, 0))  # rank-free: see the class docstring
-            if self.world_size == 1:
+            offset, _ = shard_bounds(stop - start, self.rank, self.world_size)
+            with batch_rows(offset, stop - start):  # one process: offset 0 of its own batch
                 views = [_format(view(x, g), self.channels_last) for view in self.views]
-            else:
-                offset, _ = shard_bounds(stop - start, self.rank, self.world_size)
-                with batch_rows(offset, stop - start):
-                    views = [_format(view(x, g), self.channels_last) for view in self.views]
             yield Batch(views=views, labels=self.labels[idx], index=idx)
 
 
@@ -218,7 +209,7 @@ class EvalBatches:
         if batch_size < 1:
             raise ConfigError(f"eval batch_size must be >= 1 (got {batch_size})")
         self.device = torch.device(device)
-        start, stop = _contiguous_chunk(len(y), rank, world_size)
+        start, stop = shard_bounds(len(y), rank, world_size)  # sizes differ by at most one, no padding
         self.images = x[start:stop].to(self.device)
         self.labels = y[start:stop].to(self.device)
         self.index = torch.arange(start, stop, device=self.device)

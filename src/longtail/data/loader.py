@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from longtail.data.base import FileSplit
-from longtail.data.batches import (Batch, batch_bounds, _check_batching, _check_start, _contiguous_chunk, _format,
-                                   num_steps)
-from longtail.data.samplers import Sampler, check_rank, mix_seed, shard
+from longtail.data.batches import Batch, _check_batching, _check_start, _format, batch_bounds, num_steps
+from longtail.data.samplers import Sampler, check_rank, mix_seed, shard_bounds
 from longtail.errors import ConfigError, DataError
 
 _mix_seed = mix_seed
@@ -139,8 +138,9 @@ class _EpochBatchSampler(torch.utils.data.Sampler):
         for step in range(self.start_step, self.steps()):
             # A sample's seed depends on its position in the global order, not on the rank or on which
             # worker decodes it: resuming, or changing num_workers, gives the same augmentation.
-            pos = shard(torch.arange(*batch_bounds(step, b, len(order), self.world_size)), self.rank,
-                        self.world_size).tolist()
+            start, stop = batch_bounds(step, b, len(order), self.world_size)
+            lo, hi = shard_bounds(stop - start, self.rank, self.world_size)
+            pos = range(start + lo, start + hi)
             yield [(mix_seed(self.seed, self.epoch, p), order[p]) for p in pos]
 
 
@@ -275,7 +275,7 @@ class LoaderEvalBatches:
         self.device = torch.device(device)
         self.channels_last = channels_last
         pin = self.device.type == "cuda" if pin_memory is None else pin_memory
-        start, stop = _contiguous_chunk(len(split.labels), rank, world_size)
+        start, stop = shard_bounds(len(split.labels), rank, world_size)
         self._batches = _SequentialBatchSampler(start, stop, batch_size)
         self._loader = _make_loader(split, [transform], self._batches, num_workers=num_workers, pin=pin, seed=0)
 

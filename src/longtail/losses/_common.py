@@ -75,3 +75,12 @@ def weight_on(weight: Optional[Tensor], logits: Tensor) -> Optional[Tensor]:
     if weight.shape[0] != logits.shape[1]:
         raise ValueError(f"class weight has {weight.shape[0]} entries but logits have {logits.shape[1]} classes")
     return weight.to(device=logits.device, dtype=torch.float32)
+
+
+def class_counts(labels: Tensor, num_classes: int) -> Tensor:
+    """Images per class in ``labels`` as int64 [C], by a scatter-add on the labels' device.
+
+    Not ``bincount``: that reads the largest label on the host, a GPU->CPU sync on every step.
+    """
+    return torch.zeros(num_classes, dtype=torch.int64, device=labels.device).index_add_(
+        0, labels, torch.ones_like(labels))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longtail import hostsync
-from longtail.losses._common import CountsLike, as_counts
+from longtail.losses._common import CountsLike, as_counts, class_counts
 
 GLOBAL_MODES = ("reweight", "logit_adjust")
 VARIANTS = ("r1", "r2", "r3", "r4")
@@ -222,8 +222,7 @@ class BBLLoss(nn.Module):
             z = embeddings.to(dtype)
             E = torch.cat([z[:, 0], z[:, 1]])  # view-major anchors [2B, D]
             Y = labels.repeat(2)
-            # a scatter-add, not bincount: bincount reads the largest label on the host (a GPU sync)
-            n_img = torch.zeros(K, dtype=torch.int64, device=dev).index_add_(0, labels, torch.ones_like(labels))
+            n_img = class_counts(labels, K)
             idx = torch.arange(start, end, device=dev)
             rows = torch.cat([idx, idx + B])
             sets = bbl_sets(labels, K, rows)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from longtail import hostsync
-
+from longtail.losses._common import class_counts
 from longtail.losses.supcon import (
     anchor_rows,
     check_reduction,
@@ -66,9 +66,7 @@ def _label_counts(target_y: Tensor, num_classes: Optional[int]) -> Tensor:
     does, which is a GPU->CPU sync on every step).
     """
     if num_classes is not None:
-        bins = torch.zeros(num_classes, dtype=torch.int64, device=target_y.device)
-        bins.index_add_(0, target_y, torch.ones_like(target_y))
-        return bins.index_select(0, target_y)
+        return class_counts(target_y, num_classes).index_select(0, target_y)
     return (target_y[:, None] == target_y[None, :]).sum(0)
 
 
