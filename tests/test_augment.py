@@ -1,5 +1,6 @@
 """Batched augmentations against slow per-sample references (loops, PIL, torchvision)."""
 
+import collections
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from longtail.data import augment as A
 from longtail.data import augment_policies as P
+from longtail.data import pil_ops
 
 GREY = 128 / 255
 
@@ -234,6 +236,42 @@ def test_apply_ops_subset_and_mask_paths_agree():
     assert torch.equal(a, b) and torch.equal(a[5], x[5])
     with pytest.raises(ValueError, match="unknown op"):
         P.apply_ops(x, ("Blur",), op, param)
+
+
+@pytest.mark.parametrize("names", [P._AA_NAMES, P._RA_NAMES], ids=["autoaugment", "randaugment"])
+@pytest.mark.parametrize("grid", [True, False], ids=["8-bit", "off-grid"])
+def test_fused_apply_ops_equals_each_op_on_its_own_samples(names, grid):
+    """The fused chain (the default, every device) gives every sample exactly what its own op gives it."""
+    b = 6 * len(names)
+    arr = _images(b=b, lo=10, hi=240, seed=3)
+    x = _batch(arr) if grid else torch.rand(b, 3, 32, 32, generator=_gen(1))
+    g = _gen(2)
+    op = torch.arange(b) % (len(names) + 1) - 1  # every op (and -1, no op) on several samples
+    raw = torch.rand(b, generator=g)
+    ranges = {"Posterize": (0, 8), "Solarize": (0, 256), "SolarizeAdd": (0, 110), "Rotate": (-30, 30),
+              "ShearX": (-0.3, 0.3), "ShearY": (-0.3, 0.3), "TranslateX": (-14, 14), "TranslateY": (-14, 14)}
+    param = torch.empty(b)
+    for i in range(b):
+        name = names[int(op[i])] if op[i] >= 0 else None
+        lo, hi = ranges.get(name, (0.1, 1.9))
+        param[i] = lo + (hi - lo) * raw[i]
+        if name in ("Posterize", "Solarize", "SolarizeAdd"):
+            param[i] = param[i].floor()
+    fused = P.apply_ops(x, names, op, param, fill=(0.3, 0.5, 0.7))
+    assert torch.equal(fused, P.apply_ops(x, names, op, param, fill=(0.3, 0.5, 0.7), subset=True))
+    ops = {"ShearX": P.shear_x, "ShearY": P.shear_y, "TranslateX": P.translate_x, "TranslateY": P.translate_y,
+           "Rotate": P.rotate}
+    for i in range(b):
+        if op[i] < 0:
+            assert torch.equal(fused[i], x[i])
+            continue
+        name = names[int(op[i])]
+        xi = x[i:i + 1]
+        if name in ops:
+            ref = ops[name](xi, float(param[i]), fill=(0.3, 0.5, 0.7))
+        else:
+            ref = pil_ops._POINTWISE[name](xi, param[i:i + 1])
+        assert torch.equal(fused[i:i + 1], ref), name
 
 
 # ------------------------------------------------------------------ whole policies vs PIL loops
@@ -600,6 +638,28 @@ def test_large_image_views_follow_methods():
     assert ra_steps(small)[0].keywords["translate_px"] is None and "Cutout" not in repr(small)
 
 
+def test_stacked_draws_are_each_copys_share_of_a_draw_for_k_global_batches():
+    from longtail.data.draws import stacked
+
+    g = torch.Generator().manual_seed(3)
+    whole = rand(g, 10, 2)  # 2 copies of a 5-row global batch
+    g.manual_seed(3)
+    with stacked(2):
+        assert torch.equal(rand(g, 10, 2), whole)  # one process: a plain draw for the stacked rows
+    g.manual_seed(3)
+    with A.batch_rows(1, 5), stacked(2):
+        part = rand(g, 6, 2)  # rows 1..3 of each copy
+    assert torch.equal(part, torch.cat([whole[1:4], whole[6:9]]))
+    with pytest.raises(ValueError, match="not 2 copies"), stacked(2):
+        rand(g, 5)
+    with pytest.raises(ValueError, match="copies >= 1"), stacked(0):
+        pass
+
+
+def rand(g, *shape):
+    return A.rand(g, *shape, device="cpu")
+
+
 def test_batch_rows_draws_for_the_global_batch_and_keeps_the_share():
     from longtail.data.augment import batch_rows, rand, randint, randn
 
@@ -619,3 +679,97 @@ def test_batch_rows_draws_for_the_global_batch_and_keeps_the_share():
         with pytest.raises(ValueError, match="0 <= offset < total"):
             with batch_rows(*bad):
                 pass
+
+
+# ------------------------------------------------------------------ the policies' draws keep their distribution
+
+
+def _chi2_pvalue(observed: dict, expected: dict, n: int) -> float:
+    """Pearson's chi-square test of observed counts against expected probabilities over the same outcomes."""
+    from scipy.stats import chi2
+
+    assert set(observed) <= set(expected), sorted(set(observed) - set(expected))[:5]
+    keys = [k for k in expected if expected[k] > 0]
+    stat = sum((observed.get(k, 0) - n * expected[k]) ** 2 / (n * expected[k]) for k in keys)
+    return float(chi2.sf(stat, len(keys) - 1))
+
+
+def _aa_expected_outcomes(h: int, w: int) -> dict:
+    """P(stage-1 (op, value), stage-2 (op, value)) of AutoAugment's CIFAR-10 policy, from the published
+    table and torchvision's magnitude bins, written out independently of the implementation."""
+    def stage(name, p, m):
+        signed = name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Color", "Contrast",
+                          "Brightness", "Sharpness")
+        mag = {"ShearX": 0.3 * m / 9, "ShearY": 0.3 * m / 9, "Rotate": 30 * m / 9,
+               "TranslateX": 150 / 331 * m / 9 * w, "TranslateY": 150 / 331 * m / 9 * h}.get(name)
+        if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+            vals = [1 + 0.9 * m / 9, 1 - 0.9 * m / 9]
+        elif mag is not None:
+            vals = [mag, -mag]
+        else:
+            vals = [{"Posterize": 8 - round(4 * m / 9), "Solarize": 255 * (1 - m / 9)}.get(name, 0.0)]
+        k = P._AA_NAMES.index(name)
+        out = [((k, round(v, 3)), p / len(vals)) for v in (vals if signed else vals[:1])]
+        return out + [((-1, None), 1 - p)]
+
+    expected = collections.Counter()
+    for first, second in P.AA_CIFAR10_POLICY:
+        for o1, p1 in stage(*first):
+            for o2, p2 in stage(*second):
+                expected[o1 + o2] += p1 * p2 / 25
+    return expected
+
+
+def test_autoaugment_draws_follow_the_published_policy():
+    """Per sample: a uniform sub-policy, each stage applied with its probability, a fair sign, the bin's
+    magnitude; the joint law of both stages' (op, magnitude) matches the policy (chi-square)."""
+    n, h, w = 60000, 32, 32
+    op, param = P.aa_draw(_gen(11), n, h, w, "cpu")
+    observed = collections.Counter()
+    for (a, b), (u, v) in zip(op.tolist(), param.tolist()):
+        observed[(a, round(u, 3) if a >= 0 else None, b, round(v, 3) if b >= 0 else None)] += 1
+    expected = _aa_expected_outcomes(h, w)
+    assert _chi2_pvalue(observed, expected, n) > 1e-4
+
+
+@pytest.mark.parametrize("translate_px", [None, 7.0])
+def test_randaugment_draws_follow_timm(translate_px):
+    """Each stage: a uniform op of the 15, applied with p = 0.5, a fair sign where the op has one, and the
+    level's magnitude (m = 9, mstd = 0: discrete); the two stages are independent (chi-square on the joint)."""
+    n, m, h, w = 60000, 9, 32, 24
+    op, param = P.ra_draw(_gen(12), n, h, w, "cpu", n=2, m=m, mstd=0.0, p=0.5, translate_px=translate_px)
+    lv = m / 10
+    shift = 0.45 * lv if translate_px is None else translate_px * lv
+
+    def values(name):
+        v = {"Rotate": 30 * lv, "ShearX": 0.3 * lv, "ShearY": 0.3 * lv,
+             "TranslateX": shift * (w if translate_px is None else 1), "TranslateY": shift * (h if translate_px is None else 1),
+             "Posterize": math.floor(4 * lv), "Solarize": math.floor(256 * lv), "SolarizeAdd": math.floor(110 * lv)}
+        if name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"):
+            return [v[name], -v[name]]
+        if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+            return [1.8 * lv + 0.1]
+        return [v.get(name, 0.0)]
+
+    stage = collections.Counter({(-1, None): 0.5})
+    for k, name in enumerate(P.RA_OPS):
+        vals = values(name)
+        for v in vals:
+            stage[(k, round(v, 3))] += 0.5 / 15 / len(vals)
+    expected = {a + b: pa * pb for a, pa in stage.items() for b, pb in stage.items()}
+    observed = collections.Counter()
+    for (a, b), (u, v) in zip(op.tolist(), param.tolist()):
+        observed[(a, round(u, 3) if a >= 0 else None, b, round(v, 3) if b >= 0 else None)] += 1
+    assert _chi2_pvalue(observed, expected, n) > 1e-4
+
+
+def test_randaugment_level_noise_is_a_clipped_normal():
+    from scipy.stats import kstest, norm
+
+    n, m, mstd = 60000, 9.0, 0.5
+    op, param = P.ra_draw(_gen(13), n, 32, 32, "cpu", n=2, m=m, mstd=mstd, p=1.0)
+    level = param[op == list(P.RA_OPS).index("Rotate")].abs() / 3.0  # |rotate| = 30 * level / 10
+    assert abs(float((level >= 10 - 1e-4).float().mean()) - norm.sf(10, m, mstd)) < 0.01  # the clip at 10
+    inside = level[level < 10 - 1e-4].double().numpy()
+    cdf = lambda x: norm.cdf(x, m, mstd) / norm.cdf(10, m, mstd)  # noqa: E731 - truncated at 10
+    assert kstest(inside, cdf).pvalue > 1e-4

@@ -140,7 +140,9 @@ def test_in_memory_two_ranks_share_each_global_batch():
 
     kw = dict(image_size=4, crop_padding=1, flip=True, cutout=2, randaugment_n=2, randaugment_m=10,
               randaugment_mstd=0.5, mean=(0.5,) * 3, std=(0.25,) * 3)
-    views = [flip_view, noise_view] + [build_view(p, **kw) for p in ("autoaugment", "simclr", "simclr_rand")]
+    sim = build_view("simclr", **kw)  # given twice: the two copies are augmented as one stacked batch
+    views = ([flip_view, noise_view] + [build_view(p, **kw) for p in ("autoaugment", "simclr", "simclr_rand")]
+             + [sim, noise_view, sim])
     for world_size in (2, 3):
         one = list(make_source(images, labels, views=views, batch_size=6).epoch(1))
         many = [list(make_source(images, labels, views=views, batch_size=6, rank=r,
@@ -151,6 +153,28 @@ def test_in_memory_two_ranks_share_each_global_batch():
             assert torch.equal(torch.cat([p.index for p in parts]), g.index[:n])
             for v in range(len(views)):
                 torch.testing.assert_close(torch.cat([p.views[v] for p in parts]), g.views[v][:n], rtol=0, atol=1e-6)
+
+
+def test_in_memory_stacks_identical_views_with_independent_draws():
+    """A view given k times runs once on k stacked copies: each copy is what a k-times-larger draw gives
+    its rows, the copies differ, and their order of draws is that of the view's first place."""
+    from longtail.data.draws import stacked
+
+    images, labels = make_data()
+    b = next(make_source(images, labels, views=[flip_view, noise_view, noise_view]).epoch(0))
+    assert not torch.equal(b.views[1], b.views[2])
+    x = torch.as_tensor(images)[b.index]
+    g = torch.Generator().manual_seed(_mix_seed(7, 0, 0, 0))
+    first = flip_view(x, g)
+    with stacked(2):
+        both = noise_view(x.repeat(2, 1, 1, 1), g)
+    assert torch.equal(b.views[0], first)
+    assert torch.equal(b.views[1], both[:8]) and torch.equal(b.views[2], both[8:])
+    # the same noise, drawn plainly for 16 rows after the flip's draw
+    g.manual_seed(_mix_seed(7, 0, 0, 0))
+    flip_view(x, g)
+    plain = x.permute(0, 3, 1, 2).float().repeat(2, 1, 1, 1) / 255 + 0.1 * torch.randn(16, 3, H, W, generator=g)
+    torch.testing.assert_close(torch.cat([b.views[1], b.views[2]]), plain, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])

@@ -1,12 +1,15 @@
-"""The training loop's GPU fast path has no host syncs per step (issue 5, "GPU fast path").
+"""The training loop's GPU fast path has no host syncs per step, and evaluation none per batch.
 
-A host sync is any operation that makes the CPU wait for the device's result: reading a value
-(``item``, ``bool``, ``int``, ``tolist``, ``numpy``), or an op whose output size depends on the data
-(``nonzero``, boolean-mask indexing, ``unique``, ``bincount``). On CPU none of them stalls anything,
-so the test records them instead: a dispatch mode logs the ATen ops that sync on CUDA, and the
-Python-level readers are wrapped. A whole epoch is trained twice, once with 8 steps and once with 3;
-the syncs that remain (the epoch-end NaN check, the epoch's log record, the evaluation) must not grow
-with the number of steps.
+A host sync is any operation that makes the CPU wait for the device: reading a value (``item``,
+``bool``, ``int``, ``tolist``, ``numpy``), an op whose output size depends on the data (``nonzero``,
+boolean-mask indexing, ``unique``, ``bincount``), or a tensor built from host data (Python numbers,
+lists, NumPy arrays: ``torch.tensor``, ``torch.as_tensor``, ``torch.from_numpy``), which on a GPU reaches
+the device through a blocking host-to-device copy. On CPU none of them stalls anything, so the census
+records them instead: a dispatch mode logs the ATen ops that sync on CUDA and every ``lift_fresh`` (the op
+through which all host data enters torch), and the Python-level readers are wrapped. A whole epoch is
+trained twice, once with 8 steps and once with 3; the syncs that remain (the epoch-end NaN check, the
+epoch's log record, the evaluation) must not grow with the number of steps. Evaluation is run twice,
+with 1 and with 5 batches; its syncs must not grow with the number of batches.
 
 On CPU, reads are free, so some code reads on purpose (label range checks with clear errors, grouping
 samples by augmentation op); all of it asks :func:`longtail.hostsync.reads_are_free`, which the test
@@ -55,6 +58,8 @@ class SyncRecorder(TorchDispatchMode):
         name = func._schema.name.split("::")[-1]
         if name in SYNC_OPS:
             self.record(name)
+        elif name == "lift_fresh":  # host data -> tensor: on a GPU a blocking host-to-device copy
+            self.record("tensor from host data")
         elif name.startswith("index") and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
                                               for a in args if isinstance(a, (list, tuple)) for i in a):
             self.record(f"{name} with a boolean mask")
@@ -85,26 +90,52 @@ class SyncRecorder(TorchDispatchMode):
         return sum(self.hits.values())
 
 
-def _epoch_syncs(method: str, batch_size: int, monkeypatch, tmp_path) -> tuple[int, int, collections.Counter]:
-    monkeypatch.setattr(hostsync, "reads_are_free", lambda t: False)  # take the GPU path
+def _cold_caches() -> None:
+    """Forget the per-device constants, so that every census starts from the same one-off copies."""
+    clear = getattr(hostsync, "clear_constants", None)
+    if clear is not None:
+        clear()
+
+
+def _pieces(method: str, batch_size: int, eval_batch_size: int = 500):
     method, _, variant = method.partition(":")
     extra = [f"method.bbl_variant={variant}"] if variant else []
     # the recipe's own views (AutoAugment + Cutout, SimCLR views) on the tiny digits set
     cfg = C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml", extra +
                  ["data.name=digits", "data.imbalance=10", "model.backbone=resnet8", "model.width=8",
                   f"train.batch_size={batch_size}", "train.epochs=1", "train.progress=false", "device=cpu",
-                  "train.eval_every=0", "eval.batch_size=500", "optim.warmup_epochs=0"])
+                  "train.eval_every=0", f"eval.batch_size={eval_batch_size}", "optim.warmup_epochs=0"])
     torch.manual_seed(0)
-    dev = torch.device("cpu")
-    p = R.build_pieces(cfg, dev)
-    trainer = Trainer(cfg, tmp_path / method, network=p.network, method=p.method, train_batches=p.train_batches,
+    return cfg, R.build_pieces(cfg, torch.device("cpu"))
+
+
+def _trainer(cfg, p, run_dir) -> Trainer:
+    trainer = Trainer(cfg, run_dir, network=p.network, method=p.method, train_batches=p.train_batches,
                       eval_batches=p.eval_batches, train_counts=p.dataset.train_counts,
-                      num_classes=p.dataset.num_classes, device=dev, logger=NullLogger())
+                      num_classes=p.dataset.num_classes, device=torch.device("cpu"), logger=NullLogger())
     trainer.nan_check_every = 10**9  # as on a GPU: the NaN/signal check runs at logging intervals only
     trainer.save = lambda: None
+    return trainer
+
+
+def _epoch_syncs(method: str, batch_size: int, monkeypatch, tmp_path) -> tuple[int, int, collections.Counter]:
+    monkeypatch.setattr(hostsync, "reads_are_free", lambda t: False)  # take the GPU path
+    cfg, p = _pieces(method, batch_size)
+    trainer = _trainer(cfg, p, tmp_path)
+    _cold_caches()
     with SyncRecorder() as rec:
         trainer.fit()
     return len(p.train_batches), rec.total(), rec.hits
+
+
+def _eval_syncs(method: str, eval_batch_size: int, monkeypatch, tmp_path) -> tuple[int, int, collections.Counter]:
+    monkeypatch.setattr(hostsync, "reads_are_free", lambda t: False)
+    cfg, p = _pieces(method, 64, eval_batch_size)
+    trainer = _trainer(cfg, p, tmp_path)
+    _cold_caches()
+    with SyncRecorder() as rec:
+        trainer.evaluate()
+    return len(p.eval_batches), rec.total(), rec.hits
 
 
 @pytest.mark.parametrize("method", ["ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "bbl:r2", "bbl:r3",
@@ -117,6 +148,15 @@ def test_host_syncs_do_not_grow_with_the_number_of_steps(method, monkeypatch, tm
                                 f"{dict(hits_a - hits_b)}")
 
 
+@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl"])
+def test_evaluation_syncs_do_not_grow_with_the_number_of_batches(method, monkeypatch, tmp_path):
+    batches_a, syncs_a, hits_a = _eval_syncs(method, 100, monkeypatch, tmp_path / "a")
+    batches_b, syncs_b, hits_b = _eval_syncs(method, 500, monkeypatch, tmp_path / "b")
+    assert batches_a >= 4 * batches_b >= 4
+    assert syncs_a == syncs_b, (f"host syncs of an evaluation grow with its batches ({syncs_b} at {batches_b} batches, "
+                                f"{syncs_a} at {batches_a}): {dict(hits_a - hits_b)}")
+
+
 def test_the_recorder_catches_each_kind_of_sync():
     x = torch.tensor([1.0, -2.0, 3.0])
     with SyncRecorder() as rec:
@@ -124,9 +164,14 @@ def test_the_recorder_catches_each_kind_of_sync():
         bool(x[0] > 0)
         x.tolist()
         x[x > 0]
-        torch.bincount(torch.tensor([0, 2]))
-    kinds = {k for k, _ in rec.hits}
-    assert {"item", "__bool__", "tolist", "bincount"} <= kinds
+        torch.bincount(torch.arange(3))
+        torch.tensor([1.0, 2.0]) + x[:2]
+        torch.as_tensor(0.5, dtype=x.dtype)
+    kinds = collections.Counter()
+    for (kind, _), n in rec.hits.items():
+        kinds[kind] += n
+    assert {"item", "__bool__", "tolist", "bincount"} <= set(kinds)
+    assert kinds["tensor from host data"] == 2
     assert "index with a boolean mask" in kinds
     with SyncRecorder() as rec:
         (x * 2 + 1).exp().sum()

@@ -5,8 +5,10 @@ whole batch, a different random draw per sample, and no Python loop over images,
 workers (ARCHITECTURE.md, "The speed design"). The same code runs on CPU and CUDA. Every random op
 takes a ``torch.Generator`` ``g`` on the batch's device and draws all of its randomness from it, in
 the order its docstring states, so a result is reproducible from the generator state. The draws go
-through :func:`rand` / :func:`randint` / :func:`randn`, which inside :func:`batch_rows` draw for a whole
-global batch and keep one DDP rank's rows, so augmentation does not depend on the number of processes.
+through :func:`rand` / :func:`randint` / :func:`randn` (:mod:`longtail.data.draws`), which inside
+:func:`batch_rows` draw for a whole global batch and keep one DDP rank's rows, so augmentation does not
+depend on the number of processes. Constants (fill colours, normalisation statistics) are built once per
+device (:func:`longtail.hostsync.constant`): nothing is copied from the host on a training step.
 
 ``build_view(preset, ...)`` composes the ops into the training views of METHODS.md §2.4;
 ``build_torchvision_transform`` builds the per-image PIL equivalent for the DataLoader path.
@@ -24,14 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longtail.data.augment_policies import (auto_augment_cifar, batch_rows, check_batch, fill_tensor, rand,
-                                            rand_augment, randint, randn)
+from longtail import hostsync
+from longtail.data.augment_policies import auto_augment_cifar, rand_augment
+from longtail.data.draws import batch_rows, rand, randint, randn, stacked
+from longtail.data.pil_ops import check_batch, fill_tensor
 
 __all__ = [
     "PRESETS", "to_float", "normalize", "random_crop", "random_hflip", "cutout", "random_resized_crop",
     "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter",
-    "random_grayscale", "gaussian_blur", "auto_augment_cifar", "rand_augment", "batch_rows", "rand", "randint",
-    "randn", "ViewPipeline",
+    "random_grayscale", "gaussian_blur", "auto_augment_cifar", "rand_augment", "batch_rows", "stacked", "rand",
+    "randint", "randn", "ViewPipeline",
     "build_view", "build_torchvision_transform",
 ]
 
@@ -70,7 +74,7 @@ def to_float(x: Tensor) -> Tensor:
         x = x.permute(0, 3, 1, 2)
     elif x.shape[1] not in (1, 3):
         raise ValueError(f"cannot find a channel dimension of size 1 or 3 in shape {tuple(x.shape)}")
-    return x.float().div_(255.0).contiguous()
+    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
 
 def normalize(x: Tensor, mean: Sequence[float] | float, std: Sequence[float] | float) -> Tensor:
@@ -86,14 +90,17 @@ def normalize(x: Tensor, mean: Sequence[float] | float, std: Sequence[float] | f
 
 
 def _crop_at(x: Tensor, top: Tensor, left: Tensor, size: tuple[int, int], padding: int, fill: float) -> Tensor:
-    """Per-sample windows of the (virtually) padded batch, as one gather; top/left index the padded image."""
+    """Per-sample windows of the padded batch, as one gather; top/left index the padded image."""
     b, c, h, w = x.shape
-    rows = top[:, None] - padding + torch.arange(size[0], device=x.device)
-    cols = left[:, None] - padding + torch.arange(size[1], device=x.device)
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    index = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
-    out = x.reshape(b, c, h * w).gather(2, index.view(b, 1, -1).expand(b, c, -1)).view(b, c, *size)
-    return out.masked_fill(~inside[:, None], fill)
+    if padding:
+        x = F.pad(x, (padding,) * 4, value=fill)
+        h, w = h + 2 * padding, w + 2 * padding
+    # flat index of window pixel (i, j): (top + i) * w + left + j
+    th, tw = size
+    offsets = hostsync.cached(("crop_offsets", th, tw, w), x.device,
+                              lambda: (torch.arange(th)[:, None] * w + torch.arange(tw)).flatten())
+    index = (top * w + left).view(b, 1, 1) + offsets.view(1, 1, -1)
+    return x.reshape(b, c, h * w).gather(2, index.expand(b, c, -1)).view(b, c, *size)
 
 
 def random_crop(x: Tensor, g: torch.Generator, size: Size, padding: int, fill: float = 0.0) -> Tensor:
@@ -142,15 +149,21 @@ def cutout(x: Tensor, g: torch.Generator, size: int, holes: int = 1, value: floa
     cx = randint(0, w, g, b, holes, device=x.device)
 
     def span(centre: Tensor, n: int) -> Tensor:  # [B, holes, n]: which rows/cols each hole covers
-        lo = (centre - size // 2)[..., None]
-        pos = torch.arange(n, device=x.device)
-        return (pos >= lo) & (pos < lo + size)
+        d = hostsync.constant(range(n), torch.int64, x.device) - (centre - size // 2)[..., None]
+        return d.clamp(0, size - 1) == d
 
-    mask = (span(cy, h)[..., :, None] & span(cx, w)[..., None, :]).any(1)
+    mask = span(cy, h)[..., :, None] & span(cx, w)[..., None, :]
+    mask = mask[:, 0] if holes == 1 else mask.any(1)
     return x.masked_fill(mask[:, None], value)
 
 
 _cutout = cutout  # build_view's `cutout` argument shadows the function
+
+
+def _sample_positions(n: int, s: int, x: Tensor) -> Tensor:
+    """(i + 0.5) / s for i < n, in x's dtype, built once per device."""
+    return hostsync.cached(("sample_positions", n, s, x.dtype), x.device,
+                           lambda: (torch.arange(n, dtype=x.dtype) + 0.5) / s)
 
 
 def random_resized_crop(x: Tensor, g: torch.Generator, size: Size, scale: tuple[float, float] = (0.08, 1.0),
@@ -179,31 +192,37 @@ def random_resized_crop(x: Tensor, g: torch.Generator, size: Size, scale: tuple[
     cw, ch = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
     fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
     first = fits.to(torch.uint8).argmax(1, keepdim=True)  # index of the first fitting try
-
-    def pick(t: Tensor) -> Tensor:
-        return t.gather(1, first).squeeze(1)
-
-    cw, ch = pick(cw), pick(ch)
-    top, left = (pick(u[..., 2]) * (h - ch + 1)).floor(), (pick(u[..., 3]) * (w - cw + 1)).floor()
+    # (ch, cw, top, left) of the first fitting try, in one gather
+    tries = torch.stack([ch, cw, u[..., 2], u[..., 3]], -1)  # [B, 10, 4]
+    ch, cw, ut, ul = tries.gather(1, first[..., None].expand(b, 1, 4)).view(b, 4).unbind(1)
+    top, left = (ut * (h - ch + 1)).floor(), (ul * (w - cw + 1)).floor()
     # fallback: the whole image, cut to the nearest allowed aspect ratio, centred
     fw, fh = w, h
     if w / h < ratio[0]:
         fh = round(w / ratio[0])
     elif w / h > ratio[1]:
         fw = round(h * ratio[1])
-    found = fits.any(1)
-    cw, ch = torch.where(found, cw, float(fw)), torch.where(found, ch, float(fh))
-    top, left = torch.where(found, top, float((h - fh) // 2)), torch.where(found, left, float((w - fw) // 2))
-
-    def coords(start: Tensor, extent: Tensor, n_out: int, n_in: int, s: int) -> Tensor:
-        # pixel-centre coordinates of s samples per output pixel, clamped to the crop: [B, n_out * s]
-        t = (torch.arange(n_out * s, device=x.device, dtype=x.dtype) + 0.5) / s
-        pos = start[:, None] + t * (extent / n_out)[:, None] - 0.5
-        pos = torch.maximum(torch.minimum(pos, (start + extent - 1.0)[:, None]), start[:, None])
-        return (2.0 * pos + 1.0) / n_in - 1.0  # grid_sample's normalised coordinates
-
+    found = fits.any(1, keepdim=True)
+    fallback = hostsync.constant(((h - fh) // 2, (w - fw) // 2, fh, fw), x.dtype, x.device).view(1, 4)
+    box = torch.where(found, torch.stack([top, left, ch, cw], 1), fallback)  # [B, 4]
+    # pixel-centre coordinates of s samples per output pixel, clamped to the crop, in grid_sample's
+    # normalised units: rows and columns in one pass when the output is square
     s = max(math.ceil(h / oh), math.ceil(w / ow))
-    gy, gx = coords(top, ch, oh, h, s), coords(left, cw, ow, w, s)
+    start, extent = box[:, :2], box[:, 2:]  # [B, 2]: (top, left), (height, width)
+    if oh == ow:
+        t = _sample_positions(oh * s, s, x)
+        pos = start[..., None] + t * (extent / oh)[..., None] - 0.5  # [B, 2, n]
+        pos = torch.maximum(torch.minimum(pos, (start + extent - 1.0)[..., None]), start[..., None])
+        size_in = hostsync.constant((h, w), x.dtype, x.device).view(1, 2, 1)
+        gy, gx = ((2.0 * pos + 1.0) / size_in - 1.0).unbind(1)
+    else:
+        def coords(st: Tensor, ext: Tensor, n_out: int, n_in: int) -> Tensor:
+            t = _sample_positions(n_out * s, s, x)
+            pos = st[:, None] + t * (ext / n_out)[:, None] - 0.5
+            pos = torch.maximum(torch.minimum(pos, (st + ext - 1.0)[:, None]), st[:, None])
+            return (2.0 * pos + 1.0) / n_in - 1.0
+
+        gy, gx = coords(start[:, 0], extent[:, 0], oh, h), coords(start[:, 1], extent[:, 1], ow, w)
     grid = torch.stack([gx[:, None, :].expand(-1, oh * s, -1), gy[:, :, None].expand(-1, -1, ow * s)], -1)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return F.avg_pool2d(out, s) if s > 1 else out
@@ -213,8 +232,7 @@ def _gray(x: Tensor) -> Tensor:
     """torchvision's rgb_to_grayscale on [B, 3, H, W] (identity for C = 1); returns [B, 1, H, W]."""
     if x.shape[1] == 1:
         return x
-    r, g, b = x.unbind(1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+    return (x * hostsync.constant(_LUMA, x.dtype, x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
 def _mix(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
@@ -223,8 +241,10 @@ def _mix(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """torchvision's adjust_brightness with one factor per sample. Shape: x [B, C, H, W], factor [B]."""
-    return _mix(x, torch.zeros_like(x), factor)
+    """torchvision's adjust_brightness with one factor per sample. Shape: x [B, C, H, W], factor [B].
+
+    A blend with black, f x + (1 - f) 0, is f x exactly (adding a signed zero changes nothing)."""
+    return (factor.view(-1, 1, 1, 1) * x).clamp(0.0, 1.0)
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
@@ -247,13 +267,16 @@ def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
     r, g, b = x.unbind(1)
     v, vmin = x.amax(1), x.amin(1)
     delta = v - vmin
-    s = torch.where(v > 0, delta / v.clamp_min(1e-12), torch.zeros_like(v))
-    d = torch.where(delta > 0, delta, torch.ones_like(delta))
+    zero, one = hostsync.constant(0.0, x.dtype, x.device), hostsync.constant(1.0, x.dtype, x.device)
+    s = torch.where(v > 0, delta / v.clamp_min(1e-12), zero)
+    coloured = delta > 0
+    d = torch.where(coloured, delta, one)
     hue = torch.where(v == r, (g - b) / d, torch.where(v == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
-    hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
+    hue = torch.where(coloured, (hue / 6.0) % 1.0, zero)
     hue = (hue + factor.view(-1, 1, 1)) % 1.0
     # HSV -> RGB: channel n in (R, G, B) = (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6
-    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + 6.0 * hue[:, None]) % 6.0
+    n = hostsync.constant((5.0, 3.0, 1.0), x.dtype, x.device).view(1, 3, 1, 1)
+    k = (n + 6.0 * hue[:, None]) % 6.0
     return v[:, None] - (v * s)[:, None] * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from longtail.data.augment_policies import batch_rows
+from longtail.data.draws import batch_rows, stacked
 from longtail.data.samplers import Sampler, check_rank, mix_seed, shard, shard_bounds
 from longtail.errors import ConfigError
 
@@ -122,9 +122,12 @@ class InMemoryBatches:
         rank, world_size: this process's share (see the module docstring).
 
     Each step's augmentation uses one generator on the device seeded with ``mix_seed(seed, epoch, step, 0)``,
-    drawn from by the views in order. Under DDP every rank seeds it the same way and draws for the whole
-    global batch, keeping the rows of its own share (:func:`~longtail.data.augment.batch_rows`): each
-    image gets the augmentation a single process gives it, whatever the number of processes.
+    drawn from by the views in order. Views given as the same object (e.g. BCL's two SimCLR views) are
+    augmented together, as one stacked batch of ``k * B`` images (:func:`~longtail.data.draws.stacked`):
+    one set of kernel launches instead of ``k``, each copy with its own random draws; they draw at the
+    place of their first occurrence. Under DDP every rank seeds the generator the same way and draws for
+    the whole global batch, keeping the rows of its own share (:func:`~longtail.data.draws.batch_rows`):
+    each image gets the augmentation a single process gives it, whatever the number of processes.
     """
 
     def __init__(
@@ -152,6 +155,15 @@ class InMemoryBatches:
         self.images = x.to(self.device)  # the one host-to-device copy of the dataset
         self.labels = y.to(self.device)
         self.views = list(views)
+        # identical view objects -> one stacked call: [(view, positions in self.views)] in first-use order
+        self._groups: list[tuple[View, list[int]]] = []
+        for i, v in enumerate(self.views):
+            for view, positions in self._groups:
+                if view is v:
+                    positions.append(i)
+                    break
+            else:
+                self._groups.append((v, [i]))
         self.batch_size, self.sampler, self.seed = batch_size, sampler, int(seed)
         self.drop_last, self.channels_last = drop_last, channels_last
         self.rank, self.world_size = rank, world_size
@@ -171,8 +183,17 @@ class InMemoryBatches:
             x = self.images[idx]  # one gather on the device
             g.manual_seed(_mix_seed(self.seed, epoch, step, 0))  # rank-free: see the class docstring
             offset, _ = shard_bounds(stop - start, self.rank, self.world_size)
+            views: list = [None] * len(self.views)
             with batch_rows(offset, stop - start):  # one process: offset 0 of its own batch
-                views = [_format(view(x, g), self.channels_last) for view in self.views]
+                for view, positions in self._groups:
+                    k = len(positions)
+                    if k == 1:
+                        outs = (view(x, g),)
+                    else:
+                        with stacked(k):
+                            outs = view(x.repeat(k, 1, 1, 1), g).chunk(k)
+                    for i, out in zip(positions, outs):
+                        views[i] = _format(out, self.channels_last)
             yield Batch(views=views, labels=self.labels[idx], index=idx)
 
 

@@ -133,8 +133,8 @@ def build_train_batches(cfg: C.Config, ds: Dataset, method, device: torch.device
         if not isinstance(ds.train, ArraySplit):
             raise ConfigError(f"data.source=memory needs a small in-memory dataset; {ds.name} is read from files: "
                               f"use data.source=loader")
-        return InMemoryBatches(ds.train.images, ds.train.labels, views=[build_view(p, **kw) for p in presets],
-                               **common)
+        built = {p: build_view(p, **kw) for p in dict.fromkeys(presets)}  # one object per preset: stacked
+        return InMemoryBatches(ds.train.images, ds.train.labels, views=[built[p] for p in presets], **common)
     if isinstance(ds.train, ArraySplit):
         raise ConfigError("data.source=loader reads image files; this dataset is held in memory: use data.source=memory")
     tfs = [build_torchvision_transform(p, train=True, resize=256, center_crop=224, **kw) for p in presets]
