@@ -203,6 +203,37 @@ def test_cosine_head_matches_reference_and_is_bounded():
     assert aligned[0, 2].item() == pytest.approx(30.0, rel=1e-6)
 
 
+def _cosine_reference(h, w, scale):
+    h64, w64 = h.double(), w.detach().double()
+    return scale * (h64 / h64.norm(dim=1, keepdim=True)) @ (w64 / w64.norm(dim=1, keepdim=True)).T
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_cosine_head_is_float32_under_bf16_autocast(device):
+    """Under autocast the cosines stay float32: a bf16 cosine would be off by up to ~0.1 at sigma = 30."""
+    torch.manual_seed(0)
+    head = CosineHead(64, 10, scale=30.0).to(device)
+    h = torch.randn(256, 64, device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        s = head(h)
+        bf16 = 30.0 * torch.nn.functional.linear(torch.nn.functional.normalize(h, dim=1).bfloat16(),
+                                                 torch.nn.functional.normalize(head.weight, dim=1).bfloat16())
+    ref = _cosine_reference(h.cpu(), head.weight.cpu(), 30.0)
+    assert s.dtype == torch.float32
+    assert (s.double().cpu() - ref).abs().max() < 1e-4
+    assert (bf16.double().cpu() - ref).abs().max() > 1e-2  # what the head avoids
+    s.sum().backward()  # and the gradient reaches the fp32 weights in fp32
+    assert head.weight.grad.dtype == torch.float32
+
+
+def test_cosine_head_keeps_float64():
+    head = CosineHead(6, 3).double()
+    h = torch.randn(4, 6, dtype=torch.float64)
+    out = head(h)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, _cosine_reference(h, head.weight, 30.0), rtol=1e-12, atol=1e-12)
+
+
 def test_cosine_head_bad_scale():
     with pytest.raises(ConfigError, match="cosine head scale must be > 0"):
         CosineHead(8, 5, scale=0.0)
