@@ -381,7 +381,8 @@ def test_run_files_are_readable(reference_run):
 
 
 @pytest.mark.parametrize("impl,device_type,expected", [
-    ("auto", "cuda", {"fused": True}), ("auto", "cpu", {}), ("fused", "cpu", {"fused": True}),
+    ("auto", "cuda", {"fused": True}), ("auto", "cpu", {"fused": True}), ("auto", "mps", {}),
+    ("fused", "cpu", {"fused": True}),
     ("foreach", "cuda", {"foreach": True}), ("for_loop", "cuda", {"foreach": False})])
 def test_optimizer_implementation_choice(impl, device_type, expected):
     assert optimizer_impl(impl, device_type) == expected
@@ -396,7 +397,7 @@ def test_every_optimizer_implementation_takes_the_same_step(impl):
     C.apply_overrides(cfg, ["optim.lr=0.1", "optim.momentum=0.9", "optim.nesterov=true",
                             "optim.weight_decay=1e-3", f"optim.impl={impl}"])
     opt = build_optimizer(net, cfg)
-    assert bool(opt.defaults.get("fused")) == (impl == "fused")  # auto is torch's default on CPU
+    assert bool(opt.defaults.get("fused")) == (impl in ("fused", "auto"))  # auto is fused on CPU too
     x = torch.randn(8, 5)
     # the reference: SGD with nesterov momentum and coupled weight decay, written out
     bufs = [torch.zeros_like(q) for q in ref_net.parameters()]

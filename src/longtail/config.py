@@ -108,7 +108,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [160, 180])  # 0-based epochs
     gamma: float = 0.01  # step factor applied at each milestone
     grad_clip: Optional[float] = None
-    impl: str = "auto"  # auto (fused on CUDA, torch's default elsewhere) | fused | foreach | for_loop
+    impl: str = "auto"  # auto (fused on CUDA and CPU, torch's default elsewhere) | fused | foreach | for_loop
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,10 +38,12 @@ CHECKPOINT_VERSION = 1
 def optimizer_impl(impl: str, device_type: str) -> dict:
     """The ``torch.optim.SGD`` keyword that picks its implementation (``{}``: torch's default).
 
-    ``auto`` is the fused kernel on CUDA (one launch for all parameters) and torch's default elsewhere.
+    ``auto`` is the fused kernel on CUDA and CPU (one kernel for all parameters instead of a few per
+    parameter: about 380 fewer operations per ResNet-32 step, and faster on both) and torch's default on
+    other devices.
     """
     if impl == "auto":
-        impl = "fused" if device_type == "cuda" else "default"
+        impl = "fused" if device_type in ("cuda", "cpu") else "default"
     return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False},
             "default": {}}[impl]
 
@@ -64,21 +66,60 @@ class Progress:
     wall_seconds: float = 0.0
 
 
-@dataclass
 class EpochSums:
-    """Running sums of one epoch's training statistics, kept on the device (no per-step host reads)."""
+    """One epoch's per-step training statistics, kept on the device (no per-step host reads).
 
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    first_bad: torch.Tensor  # the first step whose loss was not finite, -1 while none was
-    seen: int = 0
-    part_sums: dict = field(default_factory=dict)  # the loss's named parts, summed like loss_sum
+    Step s writes one row ``(loss, correct, *parts)`` into a device buffer (one stack, one copy: a
+    constant number of operations whatever the loss reports); the host only remembers how many images
+    the step had. The NaN guard and the epoch record read the buffer at their own intervals.
+    """
+
+    _CAPACITY = 256  # rows allocated at first; doubled when a step lies beyond
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.rows: Optional[torch.Tensor] = None  # float64 [capacity, 2 + number of parts]
+        self.names: tuple[str, ...] = ()  # the loss's named parts, in row order
+        self.images: dict[int, int] = {}  # step -> images in that step's batch
+        self.seen = 0
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochSums":
-        return cls(torch.zeros((), device=device, dtype=torch.float64),
-                   torch.zeros((), device=device, dtype=torch.int64),
-                   torch.full((), -1, device=device, dtype=torch.int64))
+        return cls(device)
+
+    def record(self, step: int, loss: torch.Tensor, correct: torch.Tensor, parts: dict, images: int) -> None:
+        """Store step ``step``'s mean loss, number of correct predictions and mean loss parts."""
+        if self.rows is None:
+            self.names = tuple(parts)
+            self.rows = torch.zeros(max(self._CAPACITY, step + 1), 2 + len(self.names), dtype=torch.float64,
+                                    device=self.device)
+        elif tuple(parts) != self.names:
+            raise ValueError(f"the loss reported parts {sorted(parts)} after {sorted(self.names)} in the same epoch")
+        while step >= self.rows.shape[0]:
+            self.rows = torch.cat([self.rows, torch.zeros_like(self.rows)])
+        values = [loss.detach().float(), correct.float(), *[parts[k].detach().float() for k in self.names]]
+        self.rows[step].copy_(torch.stack(values))
+        self.images[step] = images
+        self.seen += images
+
+    def first_bad(self) -> torch.Tensor:
+        """The first recorded step whose loss was not finite, -1 if none: an int64 scalar on the device."""
+        if self.rows is None:
+            return torch.full((), -1, dtype=torch.int64, device=self.device)
+        bad = ~torch.isfinite(self.rows[:max(self.images) + 1, 0])
+        return torch.where(bad.any(), bad.to(torch.uint8).argmax(), -1)
+
+    def totals(self) -> torch.Tensor:
+        """Device float64 vector (sum of loss x images, correct, seen, sum of each part x images)."""
+        if self.rows is None:
+            return torch.zeros(3, dtype=torch.float64, device=self.device)
+        n = max(self.images) + 1
+        weights = torch.tensor([float(self.images.get(s, 0)) for s in range(n)], dtype=torch.float64,
+                               device=self.device)  # one copy per epoch
+        rows = self.rows[:n]
+        weighted = (rows * weights[:, None]).sum(0)
+        correct = rows[:, 1].sum()
+        return torch.cat([weighted[:1], correct.view(1), weights.sum().view(1), weighted[2:]])
 
 
 class _SignalGuard:
@@ -201,7 +242,7 @@ class Trainer:
         self.method.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
         self.network.train()
         dev = self.device
-        sums = EpochSums.zeros(dev)
+        sums = EpochSums(dev)
         start_step = p.step_in_epoch
         t0 = time.perf_counter()
         max_steps = cfg.train.max_steps
@@ -212,35 +253,31 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if (step + 1) % self.nan_check_every == 0 or step + 1 == len(self.train_batches):
-                signum = self._check_finite(sums.first_bad, epoch, guard)
+                signum = self._check_finite(sums.first_bad(), epoch, guard)
                 if signum:
                     self._stop_on_signal(signum, t0)
             elif guard.signum is not None and not dist.is_distributed():
-                self._check_finite(sums.first_bad, epoch, guard)
+                self._check_finite(sums.first_bad(), epoch, guard)
                 self._stop_on_signal(guard.signum, t0)
             if max_steps is not None and p.global_step >= max_steps:
-                self._check_finite(sums.first_bad, epoch)
+                self._check_finite(sums.first_bad(), epoch)
                 p.wall_seconds += time.perf_counter() - t0
                 self.save()
                 return True
-        self._check_finite(sums.first_bad, epoch)
+        self._check_finite(sums.first_bad(), epoch)
         seconds = time.perf_counter() - t0
         p.wall_seconds += seconds
         p.epoch, p.step_in_epoch = epoch + 1, 0
-        loss_sum, correct, seen, part_sums = sums.loss_sum, sums.correct, sums.seen, sums.part_sums
+        totals = sums.totals()
         if dist.is_distributed():  # epoch statistics over the global batches, not rank 0's share
-            names = sorted(part_sums)
-            stacked = torch.stack([loss_sum, correct.double(),
-                                   torch.tensor(float(seen), device=dev, dtype=torch.float64),
-                                   *[torch.as_tensor(part_sums[k], device=dev, dtype=torch.float64) for k in names]])
-            dist.all_reduce_sum_(stacked)
-            loss_sum, correct, seen = stacked[0], stacked[1], int(stacked[2].item())
-            part_sums = {k: stacked[3 + i] for i, k in enumerate(names)}
+            dist.all_reduce_sum_(totals)
+        loss_sum, correct, seen, *part_sums = totals.tolist()
+        seen = int(seen)
         record = {"epoch": epoch + 1, "step": p.global_step, "lr": lr,
-                  "loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(seen, 1),
+                  "loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1),
                   "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
-        for k, v in part_sums.items():  # epoch means of the loss's named parts
-            record[f"loss_{k}"] = float(v) / max(seen, 1)
+        for k, v in zip(sums.names, part_sums):  # epoch means of the loss's named parts
+            record[f"loss_{k}"] = v / max(seen, 1)
         every = cfg.train.eval_every
         if epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0):
             self.last_eval = self.evaluate()
@@ -267,18 +304,9 @@ class Trainer:
         if cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
-        n = batch.labels.numel()
-        # NaN guard without a host sync: remember the first bad step on the device
-        bad = ~torch.isfinite(loss.detach())
-        sums.first_bad = torch.where(bad & (sums.first_bad < 0), torch.full_like(sums.first_bad, step),
-                                     sums.first_bad)
-        sums.loss_sum += loss.detach().double() * n
-        for k, v in parts.items():
-            sums.part_sums[k] = sums.part_sums.get(k, 0.0) + v.detach().double() * n
-        with torch.no_grad():
-            pred = self.method.inference_logits(output).argmax(dim=1)
-            sums.correct += (pred == batch.labels).sum()
-        sums.seen += n
+        with torch.no_grad():  # statistics and the NaN guard stay on the device until read at intervals
+            correct = (self.method.inference_logits(output).argmax(dim=1) == batch.labels).sum()
+            sums.record(step, loss, correct, parts, batch.labels.numel())
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int, guard: Optional[_SignalGuard] = None) -> int:
         """Raise NonFiniteLossError if any rank saw a non-finite loss; return the agreed signal (0: none).
