@@ -73,29 +73,51 @@ def bbl_class_weights(counts: CountsLike, gamma: float) -> Tensor:
     return raw * n.sum() / (n * raw).sum()
 
 
+def _batch_patterns(B: int, K: int, device: torch.device) -> dict:
+    """The label-free masks of a batch of B images (2B view-major anchors) and K centres, built once."""
+    def build(name: str) -> Tensor:
+        img = torch.arange(B).repeat(2)
+        same_img = img[:, None] == img[None, :]
+        other_view = same_img & ~torch.eye(2 * B, dtype=torch.bool)
+        no_centre = torch.zeros(2 * B, K, dtype=torch.bool)
+        return {"same_img": same_img, "not_same_img": ~same_img,
+                "global_contrast": torch.cat([other_view, ~no_centre], 1),
+                "local_contrast": torch.cat([~same_img, no_centre], 1),
+                "other_view": other_view, "no_centre": no_centre}[name]
+
+    names = ("same_img", "not_same_img", "global_contrast", "local_contrast", "other_view", "no_centre")
+    return {n: hostsync.cached(("bbl_patterns", n, B, K), device, lambda n=n: build(n)) for n in names}
+
+
 def bbl_sets(labels: Tensor, num_classes: int, rows: Optional[Tensor] = None) -> BBLSets:
     """Build the BBL sets for anchor rows (default: all 2B) of a batch with ``labels``.
 
     Their unions are BCL's sets (§2.3): G⁺ ∪ L⁺ = P(i) and G ∪ (∪_c S_c) = A \\ {i}; the two parts
-    are disjoint, which is the decoupling.
+    are disjoint, which is the decoupling. The label-free masks are built once per batch size.
 
     Shape:
         labels [B] int64, rows [R] int64 indices into the 2B view-major anchors -> four bool [R, 2B + K].
     """
-    B, dev = labels.shape[0], labels.device
-    Y, img = labels.repeat(2), torch.arange(B, device=dev).repeat(2)
-    rows = torch.arange(2 * B, device=dev) if rows is None else rows
-    yr, ir = Y[rows], img[rows]
-    same_img = ir[:, None] == img[None, :]
-    other_view = same_img & (rows[:, None] != torch.arange(2 * B, device=dev)[None, :])
+    B, dev, K = labels.shape[0], labels.device, num_classes
+    Y = labels.repeat(2)
+    pat = _batch_patterns(B, K, dev)
+    classes = hostsync.cached(("arange", K), dev, lambda: torch.arange(K))
+    if rows is None:  # every anchor: the batch patterns as they are
+        yr = Y
+        same_img, not_same_img, other_view = pat["same_img"], pat["not_same_img"], pat["other_view"]
+        no_centre, global_contrast, local_contrast = pat["no_centre"], pat["global_contrast"], pat["local_contrast"]
+    else:
+        yr = Y[rows]
+        same_img, other_view, no_centre = pat["same_img"][rows], pat["other_view"][rows], pat["no_centre"][rows]
+        not_same_img = ~same_img
+        global_contrast, local_contrast = pat["global_contrast"][rows], pat["local_contrast"][rows]
     same_cls = yr[:, None] == Y[None, :]
-    own_centre = yr[:, None] == torch.arange(num_classes, device=dev)[None, :]
-    no_centre = torch.zeros_like(own_centre)
+    own_centre = yr[:, None] == classes[None, :]
     return BBLSets(
         global_pos=torch.cat([other_view, own_centre], 1),
-        global_contrast=torch.cat([other_view, ~no_centre], 1),
-        local_pos=torch.cat([same_cls & ~same_img, no_centre], 1),
-        local_contrast=torch.cat([~same_img, no_centre], 1),
+        global_contrast=global_contrast,
+        local_pos=torch.cat([same_cls & not_same_img, no_centre], 1),
+        local_contrast=local_contrast,
     )
 
 
@@ -223,13 +245,17 @@ class BBLLoss(nn.Module):
             E = torch.cat([z[:, 0], z[:, 1]])  # view-major anchors [2B, D]
             Y = labels.repeat(2)
             n_img = class_counts(labels, K)
-            idx = torch.arange(start, end, device=dev)
-            rows = torch.cat([idx, idx + B])
+            if (start, end) == (0, B):  # every anchor (one process): no row selection at all
+                rows, Er, yr = None, E, Y
+            else:
+                idx = torch.arange(start, end, device=dev)
+                rows = torch.cat([idx, idx + B])
+                Er, yr = E[rows], Y[rows]
             sets = bbl_sets(labels, K, rows)
             centres, omega = self._centres_and_omega(prototypes.to(dtype))
-            S = E[rows] @ torch.cat([E, centres]).T / self.temperature  # [R, 2B + K]
-            l_gb = self._global_term(S, sets, Y[rows], omega)
-            l_lb = self._local_term(S[:, : 2 * B], E[rows], sets, Y, Y[rows], 2 * n_img)
+            S = Er @ torch.cat([E, centres]).T / self.temperature  # [R, 2B + K]
+            l_gb = self._global_term(S, sets, yr, omega)
+            l_lb = self._local_term(S[:, : 2 * B], Er, sets, Y, yr, 2 * n_img)
             total = l_gb + self.lam * l_lb
         if self.training:
             self._update_state(z.detach(), labels, n_img)
@@ -245,16 +271,15 @@ class BBLLoss(nn.Module):
         if self.variant == "r2":  # pure alignment (no contrast set)
             if self.r2_batch_positives:
                 pos = pos | sets.local_pos
-            ell = -torch.where(pos, S, 0.0).sum(1) / pos.sum(1)
+            ell = -(S * pos).sum(1) / pos.sum(1)  # S is finite: a product is the masked sum
         else:  # |G⁺| = 2, so −½ Σ_p (p − lse) = lse − ½ Σ_p p
             lse = S.masked_fill(~sets.global_contrast, -math.inf).logsumexp(1)
-            ell = lse - 0.5 * torch.where(pos, S, 0.0).sum(1)
+            ell = lse - 0.5 * (S * pos).sum(1)
         return (omega[yr] * ell).sum() / S.shape[0]
 
     def _local_term(self, Sb: Tensor, Er: Tensor, sets: BBLSets, Y: Tensor, yr: Tensor, n_emb: Tensor) -> Tensor:
         K, nb = self.num_classes, Sb.shape[1]
-        n_queue = self.queue_len if self.variant == "r4" else torch.zeros_like(n_emb)
-        avail = n_emb + n_queue  # |S_c| of a negative class c: its batch embeddings (+ queue)
+        avail = n_emb + self.queue_len if self.variant == "r4" else n_emb  # |S_c|: batch embeddings (+ queue)
         own = yr[:, None] == Y[None, :]
         # |S_y(i)| excludes the anchor's two views; own-class queue entries are never used
         size = torch.where(own, (n_emb[yr] - 2)[:, None], avail[Y][None, :]).to(Sb.dtype)  # log of ints is fp32
@@ -278,7 +303,7 @@ class BBLLoss(nn.Module):
         else:
             lpos = sets.local_pos[:, :nb]
             n_pos = lpos.sum(1)
-            ell = log_d - torch.where(lpos, Sb, 0.0).sum(1) / n_pos.clamp_min(1)
+            ell = log_d - (Sb * lpos).sum(1) / n_pos.clamp_min(1)
             use = n_pos > 0
             if self.local_repulsion_only:  # lone anchors: S_y(i) = ∅, so log_d covers Y⁻ only
                 lone = ~use & (n_neg > 0)
@@ -296,7 +321,8 @@ class BBLLoss(nn.Module):
             if self.local_repulsion_only:
                 use_all = use_all | (n_neg_all > 0)
         denom = use_all.sum().to(Sb.dtype) * (Sb.shape[0] / Y.shape[0])
-        return torch.where(use, ell, 0.0).sum() / denom.clamp_min(Sb.shape[0] / Y.shape[0])
+        # ell is finite on every row (empty denominators got a dummy): a product is the masked sum
+        return (ell * use).sum() / denom.clamp_min(Sb.shape[0] / Y.shape[0])
 
     def _centres_and_omega(self, prototypes: Tensor) -> tuple[Tensor, Tensor]:
         dtype = prototypes.dtype
