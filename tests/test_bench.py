@@ -68,3 +68,36 @@ def test_bench_rejects_bad_counts(tmp_path, kw):
 def test_bench_missing_config(tmp_path):
     with pytest.raises(LongtailError, match="not found"):
         run_bench(tmp_path / "nope.yaml", device="cpu")
+
+
+def test_bench_is_fair_by_default(tmp_path, monkeypatch):
+    """The reference gets one worker per core unless told otherwise, both pipelines run under the training's
+    global settings, and the process's settings are restored afterwards."""
+    import torch
+
+    from longtail import bench
+
+    monkeypatch.setattr(bench, "default_workers", lambda: 0)  # stands for "the machine's cores" here
+    seen = {}
+    import longtail.engine.run as R
+
+    orig = R.seed_everything
+
+    def spy(seed, deterministic, device):
+        seen["args"] = (seed, deterministic, device.type)
+        orig(seed, deterministic, device)
+
+    monkeypatch.setattr(R, "seed_everything", spy)
+    before = torch.are_deterministic_algorithms_enabled()
+    r = run_bench(write(tmp_path, TINY), steps=1, warmup=0, device="cpu", overrides=["train.deterministic=true"])
+    assert r["workers"] == 0 and seen["args"] == (0, True, "cpu")
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert r["cudnn_benchmark"] is False and r["pin_memory"] is False
+
+
+def test_default_workers_is_the_usable_cores():
+    import os
+
+    from longtail.bench import default_workers
+
+    assert default_workers() == len(os.sched_getaffinity(0)) >= 1

@@ -10,8 +10,12 @@ size, and differ only where the toolbox differs from the papers' code:
   ``train.channels_last`` and ``train.compile``.
 * **reference**: a map-style dataset that turns each uint8 image into a PIL image and runs the
   torchvision transforms of every view of the method (``build_torchvision_transform``), a shuffling
-  ``DataLoader`` with ``workers`` worker processes, fp32, no compile, contiguous memory format, and
-  ``torch.optim.SGD`` with torch's default implementation.
+  ``DataLoader`` with ``workers`` worker processes (default: one per CPU core the process may use) and
+  pinned memory, non-blocking copies of images and labels, fp32, no compile, contiguous memory format,
+  and ``torch.optim.SGD`` with torch's default implementation.
+
+Both run in one process under the training's global settings (``seed_everything``: cuDNN autotuning
+on CUDA, as in ``longtail train``), so neither gets an advantage the other lacks.
 
 Timed rounds alternate between the two pipelines, so both see the same machine state (clock boost,
 thermal state, other load). Only in-memory datasets (CIFAR, Tiny ImageNet, digits) are supported:
@@ -21,6 +25,7 @@ for list-file datasets both pipelines would read files with a DataLoader and the
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -69,8 +74,8 @@ def _ours_batches(source) -> Iterator[Batch]:
 def _reference_batches(loader: torch.utils.data.DataLoader, device: torch.device) -> Iterator[Batch]:
     while True:
         for views, labels, index in loader:
-            yield Batch(views=[v.to(device, non_blocking=True) for v in views], labels=labels.to(device),
-                        index=index.to(device))
+            yield Batch(views=[v.to(device, non_blocking=True) for v in views],
+                        labels=labels.to(device, non_blocking=True), index=index.to(device, non_blocking=True))
 
 
 def _sync(device: torch.device) -> None:
@@ -141,8 +146,16 @@ def _load(config_path, overrides: Optional[Sequence[str]], device: str) -> C.Con
     return cfg
 
 
+def default_workers() -> int:
+    """One DataLoader worker per CPU core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optional[Sequence[str]] = None,
-              device: str = "auto", workers: int = 2) -> dict:
+              device: str = "auto", workers: Optional[int] = None) -> dict:
     """Measure training images/s of our pipeline and of a per-image DataLoader reference, in one process.
 
     Args:
@@ -151,30 +164,43 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
         warmup: untimed steps per pipeline first (allocation, cudnn autotune, worker start-up, compile).
         overrides: ``key=value`` config overrides.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        workers: DataLoader worker processes of the reference pipeline (0 = in the main process).
+        workers: DataLoader worker processes of the reference pipeline (0 = in the main process; None =
+            :func:`default_workers`, one per usable core).
 
     Returns:
         ``device``, ``torch``, ``config`` ({``path``, ``resolved``}), ``ours_images_per_s``,
         ``reference_images_per_s``, ``ratio`` (ours / reference), ``ours_images`` / ``reference_images``
         and ``ours_seconds`` / ``reference_seconds`` (timed totals), ``steps``, ``warmup``, ``rounds``,
         ``workers``, ``batch_size``, ``method``, ``dataset``, ``imbalance``, ``amp``, ``channels_last``,
-        ``compile``, ``date``, ``commit``.
+        ``compile``, ``compile_mode``, ``threads``, ``cudnn_benchmark``, ``pin_memory``, ``date``, ``commit``.
 
     Raises:
         LongtailError: a missing config, a list-file dataset, or bad ``steps`` / ``warmup`` / ``workers``.
     """
-    from longtail.data.augment import build_torchvision_transform
-    from longtail.engine.logging import NullLogger
-    from longtail.engine.run import aug_kwargs, build_pieces, device_name, git_commit, resolve_device
-    from longtail.engine.trainer import EpochSums, Trainer
+    from longtail.engine.run import git_commit, resolve_device, seed_everything
 
+    workers = default_workers() if workers is None else workers
     if steps < 1 or warmup < 0 or workers < 0:
         raise LongtailError(f"bench needs steps >= 1, warmup >= 0 and workers >= 0; got steps={steps}, "
                             f"warmup={warmup}, workers={workers}")
     commit = git_commit()  # the code that runs, read before anything else can change the tree
     cfg = _load(config_path, overrides, device)
     dev = resolve_device(cfg.device)
-    torch.manual_seed(cfg.train.seed)
+    was_deterministic, was_benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    try:
+        seed_everything(cfg.train.seed, cfg.train.deterministic, dev)  # as training: cuDNN autotuning on CUDA
+        return _run(cfg, config_path, dev, steps, warmup, workers, commit)
+    finally:  # a library call leaves the process's global settings as it found them
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.backends.cudnn.benchmark = was_benchmark
+
+
+def _run(cfg: C.Config, config_path, dev: torch.device, steps: int, warmup: int, workers: int, commit: str) -> dict:
+    from longtail.data.augment import build_torchvision_transform
+    from longtail.engine.logging import NullLogger
+    from longtail.engine.run import aug_kwargs, build_pieces, device_name
+    from longtail.engine.trainer import EpochSums, Trainer, compile_fn
+
     pieces = build_pieces(cfg, dev)
     ds = pieces.dataset
     if not isinstance(ds.train, ArraySplit):
@@ -183,7 +209,6 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
     # the reference starts from exactly the same weights and method state, in fp32 and default layout
     ref_net = copy.deepcopy(pieces.network).to(memory_format=torch.contiguous_format)
     ref_method = copy.deepcopy(pieces.method)
-    forward = torch.compile(pieces.network) if cfg.train.compile else pieces.network
     for m in (pieces.method, ref_method):
         m.on_epoch_start(0)
 
@@ -196,7 +221,7 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
     trainer = Trainer(cfg, Path("."), network=pieces.network, method=pieces.method,
                       train_batches=pieces.train_batches, eval_batches=pieces.eval_batches,
                       train_counts=ds.train_counts, num_classes=ds.num_classes, device=dev, logger=NullLogger(),
-                      forward=forward)  # never saves: only its step is used
+                      forward=compile_fn(pieces.network, cfg.train) if cfg.train.compile else None)  # never saves
     sums = EpochSums.zeros(dev)
     ours = _Pipeline(pieces.network, lambda batch, step: trainer.train_step(batch, step, sums),
                      _ours_batches(pieces.train_batches), dev)
@@ -220,7 +245,8 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
         "steps": steps, "warmup": warmup, "rounds": rounds, "workers": workers,
         "batch_size": cfg.train.batch_size, "method": cfg.method.name, "dataset": ds.name,
         "imbalance": cfg.data.imbalance, "amp": cfg.train.amp, "channels_last": cfg.train.channels_last,
-        "compile": cfg.train.compile, "threads": torch.get_num_threads(),
+        "compile": cfg.train.compile, "compile_mode": cfg.train.compile_mode, "threads": torch.get_num_threads(),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark), "pin_memory": dev.type == "cuda",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit,
     }
 

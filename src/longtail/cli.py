@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("config")
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline")
+    b.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers of the reference pipeline (default: one per CPU core)")
     b.add_argument("--device", default="auto")
     b.add_argument("--json", action="store_true")
     b.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

@@ -24,6 +24,7 @@ DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagenet_lt", "pla
 BASELINE_METHODS = ("ce", "focal", "cb", "ldam_drw", "la")  # more register in longtail.methods
 AUGMENTS = ("none", "standard", "autoaugment", "randaugment", "simclr", "simclr_rand")
 SAMPLERS = ("instance", "class_balanced", "sqrt", "progressive")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -120,7 +121,10 @@ class TrainConfig:
     deterministic: bool = False
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile the training step's forward + loss (one graph) and the eval forward
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
+    compile_backend: str = "inductor"  # any torch.compile backend, e.g. aot_eager to debug
+    drop_last: bool = False  # drop each epoch's last partial batch: every step has the same shapes
     sync_bn: bool = False  # SyncBatchNorm under torchrun on GPUs: BN statistics over the global batch
     eval_every: int = 10  # evaluate the test set every N epochs for the curves; the last epoch always
     progress: bool = True
@@ -393,6 +397,8 @@ def validate(cfg: Config) -> Config:
     _check(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1 or null (got {t.max_steps})")
     _choice("train.amp", t.amp, ("auto", "bf16", "none"))
+    _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
+    _check(bool(t.compile_backend), "train.compile_backend must name a torch.compile backend, e.g. inductor")
     _check(t.eval_every >= 0, f"train.eval_every must be >= 0 (got {t.eval_every})")
     _check(e.posthoc_tau >= 0, f"eval.posthoc_tau must be >= 0 (got {e.posthoc_tau})")
     _check(e.ece_bins >= 1, f"eval.ece_bins must be >= 1 (got {e.ece_bins})")

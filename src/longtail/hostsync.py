@@ -19,9 +19,19 @@ import torch
 from torch import Tensor
 
 
+def _compiling() -> bool:
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if fn is None:  # pragma: no cover - older torch
+        from torch import _dynamo
+
+        fn = _dynamo.is_compiling
+    return bool(fn())
+
+
 def reads_are_free(t: Tensor) -> bool:
-    """True when reading ``t``'s values on the host costs no device sync (``t`` lives on the CPU)."""
-    return t.device.type == "cpu"
+    """True when reading ``t``'s values on the host costs no device sync (``t`` lives on the CPU) and
+    breaks no graph (not inside ``torch.compile``, where a read would split the step)."""
+    return t.device.type == "cpu" and not _compiling()
 
 
 @lru_cache(maxsize=512)
@@ -34,9 +44,12 @@ def constant(values: float | Iterable[float], dtype: torch.dtype, device: torch.
 
     A tensor built from Python numbers on a GPU is a blocking host-to-device copy, so a constant used on
     every step (a fill colour, normalisation statistics, an identity matrix) is built once and then shared.
-    The result is shared by every caller: never modify it in place.
+    Inside ``torch.compile`` it is an ordinary graph constant. The result is shared by every caller:
+    never modify it in place.
     """
     vals = (float(values),) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+    if _compiling():
+        return torch.tensor(vals, dtype=dtype, device=device)
     return _constant(vals, dtype, torch.device(device))
 
 
@@ -44,14 +57,18 @@ _CACHED: "OrderedDict[tuple, Tensor]" = OrderedDict()
 _CACHED_MAX = 256
 
 
-def cached(key: Hashable, device: torch.device | str, build: Callable[[], Tensor]) -> Tensor:
-    """A structured constant (an index pattern, a mask) for ``key`` on ``device``, built once by ``build()``
-    on the CPU and copied to the device on first use. ``key`` must name everything the result depends on.
-    The result is shared by every caller: never modify it in place."""
-    k = (key, torch.device(device))
+def cached(key: Hashable, device: torch.device | str, build: Callable[[torch.device], Tensor]) -> Tensor:
+    """A structured constant (an index pattern, a mask, a table) for ``key`` on ``device``: ``build(device)``
+    once, then the same tensor. ``key`` must name everything the result depends on. Inside
+    ``torch.compile`` ``build`` is traced instead (no lookup the graph would have to guard). The result is
+    shared by every caller: never modify it in place."""
+    device = torch.device(device)
+    if _compiling():
+        return build(device)
+    k = (key, device)
     t = _CACHED.get(k)
     if t is None:
-        t = build().to(k[1])
+        t = build(device)
         _CACHED[k] = t
         if len(_CACHED) > _CACHED_MAX:
             _CACHED.popitem(last=False)

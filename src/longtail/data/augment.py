@@ -98,7 +98,7 @@ def _crop_at(x: Tensor, top: Tensor, left: Tensor, size: tuple[int, int], paddin
     # flat index of window pixel (i, j): (top + i) * w + left + j
     th, tw = size
     offsets = hostsync.cached(("crop_offsets", th, tw, w), x.device,
-                              lambda: (torch.arange(th)[:, None] * w + torch.arange(tw)).flatten())
+                              lambda d: (torch.arange(th, device=d)[:, None] * w + torch.arange(tw, device=d)).flatten())
     index = (top * w + left).view(b, 1, 1) + offsets.view(1, 1, -1)
     return x.reshape(b, c, h * w).gather(2, index.expand(b, c, -1)).view(b, c, *size)
 
@@ -163,7 +163,7 @@ _cutout = cutout  # build_view's `cutout` argument shadows the function
 def _sample_positions(n: int, s: int, x: Tensor) -> Tensor:
     """(i + 0.5) / s for i < n, in x's dtype, built once per device."""
     return hostsync.cached(("sample_positions", n, s, x.dtype), x.device,
-                           lambda: (torch.arange(n, dtype=x.dtype) + 0.5) / s)
+                           lambda d: (torch.arange(n, dtype=x.dtype, device=d) + 0.5) / s)
 
 
 def random_resized_crop(x: Tensor, g: torch.Generator, size: Size, scale: tuple[float, float] = (0.08, 1.0),

@@ -78,8 +78,8 @@ def _aa_magnitude(name: str, m: int) -> float:
 def _aa_tables(device: torch.device, h: int, w: int) -> tuple[Tensor, Tensor]:
     """Per (sub-policy, stage): the op index [25, 2] and (probability, offset, magnitude, random sign)
     [25, 2, 4], the magnitude already in pixels for translations; built once per device and size."""
-    return (hostsync.cached(("aa_ops",), device, lambda: _aa_build(h, w)[0]),
-            hostsync.cached(("aa_table", h, w), device, lambda: _aa_build(h, w)[1]))
+    return (hostsync.cached(("aa_ops",), device, lambda d: _aa_build(h, w)[0].to(d)),
+            hostsync.cached(("aa_table", h, w), device, lambda d: _aa_build(h, w)[1].to(d)))
 
 
 def _aa_build(h: int, w: int) -> tuple[Tensor, Tensor]:
@@ -148,7 +148,7 @@ _RA_NAMES = tuple(RA_OPS)
 def _ra_table(device: torch.device, h: int, w: int, translate_px: float | None) -> Tensor:
     """Per op [15, 5]: value at level 10, offset, random sign, integer, size multiplier (W or H for relative
     translations; 1 otherwise, and for absolute ones, whose level-10 value is ``translate_px`` pixels)."""
-    return hostsync.cached(("ra_table", h, w, translate_px), device, lambda: _ra_build(h, w, translate_px))
+    return hostsync.cached(("ra_table", h, w, translate_px), device, lambda d: _ra_build(h, w, translate_px).to(d))
 
 
 def _ra_build(h: int, w: int, translate_px: float | None) -> Tensor:

@@ -145,7 +145,7 @@ def _equalize_levels(v: Tensor, active: Tensor | None = None) -> Tensor:
     b, c, h, w = v.shape
     vi = v.long().view(b * c, h * w)
     offset = hostsync.cached(("histogram_offsets", b * c), v.device,
-                             lambda: torch.arange(b * c).view(b * c, 1) * 256)
+                             lambda d: torch.arange(b * c, device=d).view(b * c, 1) * 256)
     hist = torch.zeros(b * c * 256, dtype=torch.int64, device=v.device)
     ones = hostsync.constant(1, torch.int64, v.device).expand(b * c * h * w)
     hist = hist.scatter_add_(0, (vi + offset).view(-1), ones).view(b * c, 256)
@@ -167,8 +167,8 @@ def _warp(x: Tensor, a: Tensor, b_: Tensor, c: Tensor, d: Tensor, e: Tensor, f: 
 
     The coefficients are per-sample [B, 1, 1] float32 tensors."""
     b, ch, h, w = x.shape
-    us = hostsync.cached(("pixel_centres", w), x.device, lambda: torch.arange(w, dtype=torch.float32) + 0.5)
-    vs = hostsync.cached(("pixel_centres", h), x.device, lambda: torch.arange(h, dtype=torch.float32) + 0.5)
+    us = hostsync.cached(("pixel_centres", w), x.device, lambda d: torch.arange(w, dtype=torch.float32, device=d) + 0.5)
+    vs = hostsync.cached(("pixel_centres", h), x.device, lambda d: torch.arange(h, dtype=torch.float32, device=d) + 0.5)
     vs = vs.view(h, 1)
     cx = (a * us + b_ * vs + c).floor().long()
     cy = (d * us + e * vs + f).floor().long()

@@ -128,7 +128,7 @@ def build_train_batches(cfg: C.Config, ds: Dataset, method, device: torch.device
                             total_epochs=cfg.train.epochs)
     source = d.source if d.source != "auto" else ("memory" if isinstance(ds.train, ArraySplit) else "loader")
     common = dict(batch_size=cfg.train.batch_size, sampler=sampler, device=device, seed=cfg.train.seed,
-                  channels_last=cfg.train.channels_last, **_share())
+                  channels_last=cfg.train.channels_last, drop_last=cfg.train.drop_last, **_share())
     if source == "memory":
         if not isinstance(ds.train, ArraySplit):
             raise ConfigError(f"data.source=memory needs a small in-memory dataset; {ds.name} is read from files: "
@@ -228,14 +228,15 @@ def _train(cfg: C.Config, run_dir: Path, state: Optional[dict], device: torch.de
     ds = pieces.dataset
     if state is not None:
         check_shapes(pieces.network, state["model"], run_dir / "checkpoints" / "last.pt")
-    forward = pieces.network
-    if cfg.train.compile:
-        forward = torch.compile(pieces.network)
-    train_forward = forward
+    from longtail.engine.trainer import compile_fn
+
+    # evaluation's forward; the training step's forward + loss is compiled by the Trainer as one graph
+    forward = compile_fn(pieces.network, cfg.train) if cfg.train.compile else pieces.network
+    train_forward = pieces.network
     if dist.is_distributed():
         # every head runs each step (supcon builds no prototype head), so no parameter goes unused
         ddp = dist.wrap_ddp(pieces.network, device, find_unused_parameters=False)
-        train_forward = torch.compile(ddp) if cfg.train.compile else ddp
+        train_forward = compile_fn(ddp, cfg.train) if cfg.train.compile else ddp
     dist.barrier()  # every rank has checked the run directory before rank 0 starts writing it
 
     # ---- from here on the run directory is written (by rank 0 only)

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from longtail.config import Config, to_dict
+from longtail.data.batches import Batch
 from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import save_checkpoint
 from longtail.engine.evaluator import autocast_context, evaluate
 from longtail.engine.logging import RunLogger, progress_bar
 from longtail.engine.schedule import lr_at
-from longtail.errors import Interrupted, NonFiniteLossError
+from longtail.errors import ConfigError, Interrupted, NonFiniteLossError
 
 CHECKPOINT_VERSION = 1
 
@@ -46,6 +47,20 @@ def optimizer_impl(impl: str, device_type: str) -> dict:
         impl = "fused" if device_type in ("cuda", "cpu") else "default"
     return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False},
             "default": {}}[impl]
+
+
+def compile_fn(fn: Callable, train_cfg) -> Callable:
+    """``torch.compile`` with the config's backend and mode and static shapes (``dynamic=False``): each
+    distinct batch shape (the full batch, a last partial one, evaluation's) is its own graph, which is
+    what CUDA graphs (``train.compile_mode=reduce-overhead``) need."""
+    from torch import _dynamo
+
+    backend = train_cfg.compile_backend
+    if backend not in _dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(f"train.compile_backend '{backend}' is not a torch.compile backend; available: "
+                          f"{', '.join(_dynamo.list_backends(exclude_tags=()))}")
+    mode = None if train_cfg.compile_mode == "default" or backend != "inductor" else train_cfg.compile_mode
+    return torch.compile(fn, backend=backend, mode=mode, dynamic=False)
 
 
 def build_optimizer(network: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
@@ -164,6 +179,11 @@ class Trainer:
         self.device = device
         self.logger = logger
         self.optimizer = build_optimizer(network, cfg)
+        # train.compile: the whole forward + loss + statistics of a step is one graph (under DDP the
+        # DDP-wrapped module is compiled instead, by the caller: its forward is a collective)
+        self._forward_loss = self._forward_loss_eager
+        if cfg.train.compile and not dist.is_distributed():
+            self._forward_loss = compile_fn(self._forward_loss_eager, cfg.train)
         self.progress = Progress()
         self.last_eval: Optional[dict] = None
         # check the loss on the host every step on CPU (free), every few steps on GPU (a sync point)
@@ -296,17 +316,24 @@ class Trainer:
         the device until :meth:`_check_finite` and the epoch's log record read them.
         """
         cfg = self.cfg
-        with autocast_context(self.device, cfg.train.amp):
-            output = self.method.forward_batch(self.train_forward, batch)
-            loss, parts = self.method.loss(batch, output)
+        loss, parts, correct = self._forward_loss(batch.views, batch.labels, batch.index)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
-        with torch.no_grad():  # statistics and the NaN guard stay on the device until read at intervals
-            correct = (self.method.inference_logits(output).argmax(dim=1) == batch.labels).sum()
-            sums.record(step, loss, correct, parts, batch.labels.numel())
+        # statistics and the NaN guard stay on the device until read at intervals
+        sums.record(step, loss, correct, parts, batch.labels.numel())
+
+    def _forward_loss_eager(self, views: list, labels: torch.Tensor, index: torch.Tensor):
+        """The method's forward pass and loss on one batch, and the number of correct predictions."""
+        batch = Batch(views=views, labels=labels, index=index)
+        with autocast_context(self.device, self.cfg.train.amp):
+            output = self.method.forward_batch(self.train_forward, batch)
+            loss, parts = self.method.loss(batch, output)
+        with torch.no_grad():
+            correct = (self.method.inference_logits(output).argmax(dim=1) == labels).sum()
+        return loss, parts, correct
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int, guard: Optional[_SignalGuard] = None) -> int:
         """Raise NonFiniteLossError if any rank saw a non-finite loss; return the agreed signal (0: none).

@@ -75,18 +75,18 @@ def bbl_class_weights(counts: CountsLike, gamma: float) -> Tensor:
 
 def _batch_patterns(B: int, K: int, device: torch.device) -> dict:
     """The label-free masks of a batch of B images (2B view-major anchors) and K centres, built once."""
-    def build(name: str) -> Tensor:
-        img = torch.arange(B).repeat(2)
+    def build(name: str, dev: torch.device) -> Tensor:
+        img = torch.arange(B, device=dev).repeat(2)
         same_img = img[:, None] == img[None, :]
-        other_view = same_img & ~torch.eye(2 * B, dtype=torch.bool)
-        no_centre = torch.zeros(2 * B, K, dtype=torch.bool)
+        other_view = same_img & ~torch.eye(2 * B, dtype=torch.bool, device=dev)
+        no_centre = torch.zeros(2 * B, K, dtype=torch.bool, device=dev)
         return {"same_img": same_img, "not_same_img": ~same_img,
                 "global_contrast": torch.cat([other_view, ~no_centre], 1),
                 "local_contrast": torch.cat([~same_img, no_centre], 1),
                 "other_view": other_view, "no_centre": no_centre}[name]
 
     names = ("same_img", "not_same_img", "global_contrast", "local_contrast", "other_view", "no_centre")
-    return {n: hostsync.cached(("bbl_patterns", n, B, K), device, lambda n=n: build(n)) for n in names}
+    return {n: hostsync.cached(("bbl_patterns", n, B, K), device, lambda d, n=n: build(n, d)) for n in names}
 
 
 def bbl_sets(labels: Tensor, num_classes: int, rows: Optional[Tensor] = None) -> BBLSets:
@@ -101,7 +101,7 @@ def bbl_sets(labels: Tensor, num_classes: int, rows: Optional[Tensor] = None) ->
     B, dev, K = labels.shape[0], labels.device, num_classes
     Y = labels.repeat(2)
     pat = _batch_patterns(B, K, dev)
-    classes = hostsync.cached(("arange", K), dev, lambda: torch.arange(K))
+    classes = hostsync.cached(("arange", K), dev, lambda d: torch.arange(K, device=d))
     if rows is None:  # every anchor: the batch patterns as they are
         yr = Y
         same_img, not_same_img, other_view = pat["same_img"], pat["not_same_img"], pat["other_view"]
@@ -147,6 +147,8 @@ class BBLLoss(nn.Module):
             no negative class present (Y⁻ = ∅) still contribute nothing.
         r2_batch_positives: R2 only: add L⁺ to the global positives.
         queue_size: R4 only: K slots per class of ``max(1, queue_size // K)`` entries each.
+        dim: the embedding size D, if known: R3/R4 state is then allocated at once (otherwise at the
+            first forward), so every step of a compiled training loop sees the same buffer shapes.
 
     Which anchors are averaged in L_LB: R1/R3/R4 those with L⁺ ≠ ∅ (plus, with
     ``local_repulsion_only``, those with L⁺ = ∅ and Y⁻ ≠ ∅); R2 those with Y⁻ ≠ ∅. None gives 0.
@@ -179,6 +181,7 @@ class BBLLoss(nn.Module):
         local_repulsion_only: bool = False,
         r2_batch_positives: bool = False,
         queue_size: int = 1024,
+        dim: Optional[int] = None,
     ) -> None:
         super().__init__()
         if global_mode not in GLOBAL_MODES:
@@ -218,6 +221,10 @@ class BBLLoss(nn.Module):
             self.register_buffer("queue", torch.zeros(K, self.queue_slots, 0))
             self.register_buffer("queue_len", torch.zeros(K, dtype=torch.int64))
             self.register_buffer("queue_ptr", torch.zeros(K, dtype=torch.int64))
+        if dim is not None:
+            if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
+                raise ValueError(f"dim must be the embedding size, an integer >= 1 (got {dim!r})")
+            self._prepare_state(int(dim), self.counts.device)
 
     # ------------------------------------------------------------------------------------------------
 

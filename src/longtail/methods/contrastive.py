@@ -106,7 +106,8 @@ class BBL(TwoBranch):
         self.bbl = BBLLoss(train_counts, temperature=m.temperature, gamma=m.bbl_gamma, lam=m.bbl_lambda,
                            global_mode=m.bbl_global_mode, kappa=m.bbl_kappa, variant=m.bbl_variant,
                            local_repulsion_only=m.bbl_local_repulsion_only,
-                           r2_batch_positives=m.bbl_r2_batch_positives, queue_size=m.bbl_queue_size)
+                           r2_batch_positives=m.bbl_r2_batch_positives, queue_size=m.bbl_queue_size,
+                           dim=m.proj_dim)
 
     def on_epoch_start(self, epoch: int, *, fresh: bool = True) -> None:
         if fresh and self.cfg.method.bbl_variant == "r3":
