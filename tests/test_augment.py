@@ -238,10 +238,16 @@ def test_apply_ops_subset_and_mask_paths_agree():
         P.apply_ops(x, ("Blur",), op, param)
 
 
+@pytest.mark.parametrize("gpu_path", [False, True], ids=["cpu-path", "gpu-path"])
 @pytest.mark.parametrize("names", [P._AA_NAMES, P._RA_NAMES], ids=["autoaugment", "randaugment"])
 @pytest.mark.parametrize("grid", [True, False], ids=["8-bit", "off-grid"])
-def test_fused_apply_ops_equals_each_op_on_its_own_samples(names, grid):
-    """The fused chain (the default, every device) gives every sample exactly what its own op gives it."""
+def test_fused_apply_ops_equals_each_op_on_its_own_samples(names, grid, gpu_path, monkeypatch):
+    """The fused chain (the default: on a GPU over the whole batch, on a CPU over the samples with a pointwise
+    op) gives every sample exactly what its own op gives it."""
+    from longtail import hostsync
+
+    if gpu_path:
+        monkeypatch.setattr(hostsync, "reads_are_free", lambda t: False)
     b = 6 * len(names)
     arr = _images(b=b, lo=10, hi=240, seed=3)
     x = _batch(arr) if grid else torch.rand(b, 3, 32, 32, generator=_gen(1))
