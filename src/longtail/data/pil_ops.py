@@ -145,8 +145,9 @@ def _equalize_levels(v: Tensor, active: Tensor | None = None) -> Tensor:
     ([B, 1, 1, 1] bool) are left unchanged."""
     b, c, h, w = v.shape
     vi = v.long().view(b * c, h * w)
-    offset = hostsync.cached(("histogram_offsets", b * c), v.device,
-                             lambda d: torch.arange(b * c, device=d).view(b * c, 1) * 256)
+    cap = 1 << (b * c - 1).bit_length()  # one cached table per power of two: CPU subsets vary in size
+    offset = hostsync.cached(("histogram_offsets", cap), v.device,
+                             lambda d: torch.arange(cap, device=d).view(cap, 1) * 256)[:b * c]
     hist = torch.zeros(b * c * 256, dtype=torch.int64, device=v.device)
     ones = hostsync.constant(1, torch.int64, v.device).expand(b * c * h * w)
     hist = hist.scatter_add_(0, (vi + offset).view(-1), ones).view(b * c, 256)
