@@ -5,7 +5,7 @@ network before any step, so both start from the same weights) with the same meth
 size, and differ only where the toolbox differs from the papers' code:
 
 * **ours**: the configured batch source (uint8 images on the device, batched augmentation) and the
-  trainer's own step (:meth:`~longtail.engine.trainer.Trainer.train_step`: its optimiser, fused on CUDA
+  trainer's own step (:meth:`~longtail.engine.trainer.Trainer.train_step`: its optimiser, fused on CUDA and CPU
   by default, and its on-device NaN guard and statistics), with the config's ``train.amp``,
   ``train.channels_last`` and ``train.compile``.
 * **reference**: a map-style dataset that turns each uint8 image into a PIL image and runs the
