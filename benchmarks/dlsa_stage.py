@@ -32,10 +32,10 @@ NUM_CLASSES, DIM = 8142, 2048
 def one(n: int, k: int, batch: int, threads: int) -> dict:
     import torch
 
-    from longtail.dlsa.config import DLSAConfig
-    from longtail.dlsa.filtering import llh_threshold, prior_table
-    from longtail.dlsa.mixture import score
-    from longtail.dlsa.train_flow import train_flow
+    from longtail.stage2.dlsa.config import DLSAConfig
+    from longtail.stage2.dlsa.filtering import llh_threshold, prior_table
+    from longtail.stage2.dlsa.mixture import score
+    from longtail.stage2.dlsa.train_flow import train_flow
 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)

@@ -42,7 +42,8 @@ def test_bench_reports_both_pipelines(tmp_path):
 
 
 def test_bench_overrides_apply(tmp_path):
-    r = run_bench(write(tmp_path, TINY), steps=1, warmup=0, workers=0, device="cpu",
+    # method.name=ce from the command line: the file may set no parameter that only bcl has
+    r = run_bench(write(tmp_path, dict(TINY, method={"name": "bcl"})), steps=1, warmup=0, workers=0, device="cpu",
                   overrides=["method.name=ce", "model.head=linear", "train.batch_size=32"])
     assert r["method"] == "ce" and r["batch_size"] == 32 and r["ours_images"] == r["reference_images"] == 32
 
@@ -79,7 +80,7 @@ def test_bench_is_fair_by_default(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "default_workers", lambda: 0)  # stands for "the machine's cores" here
     seen = {}
-    import longtail.engine.run as R
+    import longtail.engine.devices as R
 
     orig = R.seed_everything
 

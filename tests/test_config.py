@@ -54,13 +54,14 @@ def test_unknown_key_in_yaml_section(tmp_path):
     ("optim.lr=-1", "optim.lr must be > 0"), ("optim.lr=0", "optim.lr must be > 0"),
     ("data.imbalance=0.9", "data.imbalance must be >= 1"), ("train.batch_size=0", "train.batch_size"),
     ("optim.momentum=1.5", "optim.momentum"), ("optim.weight_decay=-1", "weight_decay"),
-    ("method.cb_beta=1", "cb_beta"), ("data.sampler=balanced", "data.sampler must be one of"),
+    ("method.name=cb;method.cb_beta=1", "cb_beta"), ("data.sampler=balanced", "data.sampler must be one of"),
     ("optim.schedule=linear", "optim.schedule"), ("train.amp=fp16", "train.amp"),
     ("data.name=cifar", "did you mean"), ("eval.posthoc_tau=-1", "posthoc_tau"),
-    ("data.cutout=-2", "data.cutout"), ("method.focal_gamma=-1", "focal_gamma"),
+    ("data.cutout=-2", "data.cutout"), ("method.name=focal;method.focal_gamma=-1", "focal_gamma"),
 ])
 def test_invalid_values(override, msg):
-    cfg = C.apply_overrides(C.Config(), [override]) if "=" in override else C.Config()
+    # a method's parameters exist once the method is chosen: such cases set method.name first
+    cfg = C.apply_overrides(C.Config(), override.split(";")) if "=" in override else C.Config()
     with pytest.raises(ConfigError, match=msg):
         C.validate(cfg)
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
-from longtail import decouple as D
+from longtail.stage2 import decouple as D
 from longtail.engine.run import evaluate_run
 from longtail.errors import ConfigError, DataError, LongtailError
-from longtail.features import file_sha256, holdout_indices, read_features
+from longtail.stage2.features import file_sha256, holdout_indices, read_features
 
 from test_features import source_features, source_run
 from test_train import quiet
@@ -140,7 +140,7 @@ def test_tau_methods_fold_into_an_evaluable_run(runs):
 
 
 def test_tau_is_selected_before_test_is_read(src, feats, tmp_path, monkeypatch):
-    import longtail.features as feat_mod
+    import longtail.stage2.features as feat_mod
 
     events: list[tuple[str, int]] = []
     real_load, real_select = feat_mod.load_feature_splits, D.select_tau
@@ -204,7 +204,7 @@ def test_cosine_head_is_refused_for_weight_methods(src, feats, tmp_path, method)
 
 
 def test_tau_is_selected_on_val_when_the_dataset_has_one(src, feats, tmp_path, monkeypatch):
-    from longtail.features import write_features
+    from longtail.stage2.features import write_features
 
     withval = tmp_path / "feats"
     shutil.copytree(feats, withval)

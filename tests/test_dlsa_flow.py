@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from longtail.dlsa.classifiers import ClusterAidedClassifier, bsm_offsets
-from longtail.dlsa.config import DLSAConfig, load_dlsa_config
-from longtail.dlsa.filtering import cluster_stats, gather_prior, llh_threshold, prior_table
-from longtail.dlsa.flow import MADE, Flow
-from longtail.dlsa.mixture import GMFlow, log_posterior, log_prob, score
-from longtail.dlsa.train_flow import BalanceEMA, PairSampler, class_weights, purity_loss, train_flow
+from longtail.stage2.dlsa.classifiers import ClusterAidedClassifier, bsm_offsets
+from longtail.stage2.dlsa.config import DLSAConfig, load_dlsa_config
+from longtail.stage2.dlsa.filtering import cluster_stats, gather_prior, llh_threshold, prior_table
+from longtail.stage2.dlsa.flow import MADE, Flow
+from longtail.stage2.dlsa.mixture import GMFlow, log_posterior, log_prob, score
+from longtail.stage2.dlsa.train_flow import BalanceEMA, PairSampler, class_weights, purity_loss, train_flow
 from longtail.errors import ConfigError
 
 

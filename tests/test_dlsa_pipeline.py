@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from longtail.dlsa import run_dlsa
-from longtail.dlsa.data import read_feature_cache
+from longtail.stage2.dlsa import run_dlsa
+from longtail.stage2.features import read_feature_cache
 from longtail.errors import DataError
 
 

@@ -167,7 +167,7 @@ def test_read_only_folder_falls_back_to_home_cache(tmp_path, home, monkeypatch, 
     data.mkdir()
     p = data / "f"
     p.write_bytes(b"abc")
-    monkeypatch.setattr(download, "_atomic_write_text", _refuse_under(data, download._atomic_write_text))
+    monkeypatch.setattr(download, "atomic_write_text", _refuse_under(data, download.atomic_write_text))
     verify_file(p, "md5", md5(b"abc"), VerifyCache(data))
     assert not (data / CACHE_NAME).exists()
     fallback = list((home / ".cache" / "longtail" / "verified").glob("*.json"))
@@ -182,7 +182,7 @@ def test_stale_folder_cache_and_newer_fallback_are_merged(tmp_path, home, monkey
     (data / "a").write_bytes(b"a")
     (data / "b").write_bytes(b"b")
     verify_file(data / "a", "md5", md5(b"a"), VerifyCache(data))  # cache in the folder knows 'a'
-    monkeypatch.setattr(download, "_atomic_write_text", _refuse_under(data, download._atomic_write_text))
+    monkeypatch.setattr(download, "atomic_write_text", _refuse_under(data, download.atomic_write_text))
     verify_file(data / "b", "md5", md5(b"b"), VerifyCache(data))  # folder now read-only: 'b' goes to fallback
     cache = VerifyCache(data)
     verify_file(data / "a", "md5", md5(b"a"), cache)
@@ -197,7 +197,7 @@ def test_nothing_writable_just_reverifies(tmp_path, monkeypatch, count_digests):
     def refuse(path, text):
         raise PermissionError(13, "Read-only file system", str(path))
 
-    monkeypatch.setattr(download, "_atomic_write_text", refuse)
+    monkeypatch.setattr(download, "atomic_write_text", refuse)
     assert VerifyCache(tmp_path).save() is None
     verify_file(p, "md5", md5(b"abc"), VerifyCache(tmp_path))
     verify_file(p, "md5", md5(b"abc"), VerifyCache(tmp_path))

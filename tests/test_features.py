@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from longtail import config as C
 from longtail.data.build import build_dataset
 from longtail.errors import DataError, LongtailError
-from longtail.features import (extract_features, holdout_indices, load_feature_splits, read_features, read_info,
+from longtail.stage2.features import (extract_features, holdout_indices, load_feature_splits, read_features, read_info,
                                write_features)
 from longtail.methods import create_method
 

@@ -108,7 +108,7 @@ def test_eval_agrees_with_summary(reference_run, capsys):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from longtail.methods.baselines import CE
+    from longtail.methods.ce import CE
 
     calls = {"n": 0}
     orig = CE.loss

@@ -177,7 +177,8 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
     Raises:
         LongtailError: a missing config, a list-file dataset, or bad ``steps`` / ``warmup`` / ``workers``.
     """
-    from longtail.engine.run import git_commit, resolve_device, seed_everything
+    from longtail.engine.devices import resolve_device, seed_everything
+    from longtail.rundir import git_commit
 
     workers = default_workers() if workers is None else workers
     if steps < 1 or warmup < 0 or workers < 0:
@@ -196,9 +197,11 @@ def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optio
 
 
 def _run(cfg: C.Config, config_path, dev: torch.device, steps: int, warmup: int, workers: int, commit: str) -> dict:
-    from longtail.data.augment import build_torchvision_transform
+    from longtail.data.views import build_torchvision_transform
     from longtail.engine.logging import NullLogger
-    from longtail.engine.run import aug_kwargs, build_pieces, device_name
+    from longtail.data.pipeline import view_settings
+    from longtail.engine.devices import device_name
+    from longtail.engine.run import build_pieces
     from longtail.engine.trainer import EpochSums, Trainer, compile_fn
 
     pieces = build_pieces(cfg, dev)
@@ -212,7 +215,7 @@ def _run(cfg: C.Config, config_path, dev: torch.device, steps: int, warmup: int,
     for m in (pieces.method, ref_method):
         m.on_epoch_start(0)
 
-    kw = aug_kwargs(cfg, ds)
+    kw = view_settings(cfg.data, ds)
     tfs = [build_torchvision_transform(p, train=True, **kw) for p in pieces.method.view_presets()]
     loader = torch.utils.data.DataLoader(
         _PILViews(ds.train.images, ds.train.labels, tfs), batch_size=cfg.train.batch_size, shuffle=True,

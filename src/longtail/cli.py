@@ -182,7 +182,7 @@ def _cmd_data(a) -> int:
 
 
 def _cmd_extract(a) -> int:
-    from longtail.features import extract_features
+    from longtail.stage2.features import extract_features
 
     kw = {}
     if a.splits:
@@ -201,7 +201,7 @@ def _cmd_extract(a) -> int:
 
 
 def _cmd_decouple(a) -> int:
-    from longtail.decouple import run_decouple
+    from longtail.stage2.decouple import run_decouple
 
     run_decouple(Path(a.run_dir), a.method, Path(a.out), features_dir=Path(a.features) if a.features else None,
                  overrides=a.overrides, device=a.device)
@@ -226,7 +226,7 @@ def _cmd_reproduce(a) -> int:
 
 
 def _cmd_dlsa(a) -> int:
-    from longtail.dlsa import run_dlsa
+    from longtail.stage2.dlsa import run_dlsa
 
     run_dlsa(Path(a.features), Path(a.out), config_path=a.config, overrides=a.overrides, device=a.device)
     return 0

@@ -12,7 +12,6 @@ again) up to ``max_retries`` times; a run that still fails is listed as FAILED i
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 import yaml
 
 from longtail import config as C
+from longtail.fileio import atomic_write_text
 from longtail.errors import LongtailError
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -359,8 +359,4 @@ def write_results(out: Path, suite: str, jobs: list[Job], seeds: Sequence[int]) 
         if notes:
             parts += ["**Not a full reproduction:**", ""] + [f"- {n}" for n in notes] + [""]
         parts += ["![top-1 per method vs target](results_top1.png)", ""]
-    path = out / "RESULTS.md"
-    tmp = out / ".RESULTS.md.tmp"
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "RESULTS.md", "\n".join(parts))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from longtail.config import DataConfig
-from longtail.data.base import ArraySplit, Dataset
+from longtail.data.base import Dataset
 from longtail.data.splits import check_stored_split, lt_counts, select_lt_indices, shot_summary
 from longtail.errors import ConfigError
 
@@ -21,8 +21,6 @@ INAT_STD = (0.195, 0.194, 0.192)
 
 #: (n_max, num_classes) of the datasets whose long-tailed split the toolbox builds itself.
 GENERATED = {"cifar10": (5000, 10), "cifar100": (500, 100), "tinyimagenet": (500, 200), "digits": (120, 10)}
-#: default crop padding and flip per dataset
-AUG_DEFAULTS = {"digits": (1, False), "cifar10": (4, True), "cifar100": (4, True), "tinyimagenet": (8, True)}
 
 
 def data_root(root: str | None) -> Path:
@@ -74,57 +72,7 @@ def split_indices(dcfg: DataConfig) -> np.ndarray:
 
 
 def build_dataset(dcfg: DataConfig) -> Dataset:
-    """Read (or download) the data and apply the long-tailed split of the config."""
-    name = dcfg.name
-    if name == "digits":
-        from longtail.data.digits import MEAN, STD, load_digits_lt
+    """Read (or download) the data of ``dcfg.name`` (a registered dataset) and apply its long-tailed split."""
+    from longtail.registry import DATASETS
 
-        train, test, idx = load_digits_lt(dcfg.imbalance, dcfg.profile, dcfg.step_fraction, dcfg.split_seed)
-        check_stored_split(name, dcfg.imbalance, dcfg.split_seed, dcfg.profile, idx)
-        return Dataset(name, 10, [str(i) for i in range(10)], train, test, train_indices=idx, mean=MEAN, std=STD,
-                       image_size=8, in_channels=1)
-    if name in ("cifar10", "cifar100"):
-        from longtail.data.cifar import load_cifar
-
-        data = load_cifar(name, data_root(dcfg.root), fmt=dcfg.format, download=dcfg.download, verify=dcfg.verify)
-        counts = split_counts(name, dcfg.imbalance, dcfg.profile, dcfg.step_fraction)
-        idx = select_lt_indices(data.train.labels, counts, dcfg.split_seed)
-        check_stored_split(name, dcfg.imbalance, dcfg.split_seed, dcfg.profile, idx)
-        train = ArraySplit(data.train.images[idx], data.train.labels[idx])
-        return Dataset(name, GENERATED[name][1], list(data.class_names), train, data.test, train_indices=idx,
-                       mean=CIFAR_MEAN, std=CIFAR_STD, image_size=32, verified=data.verified,
-                       info={"format": data.fmt})
-    if name == "tinyimagenet":
-        from longtail.data.tinyimagenet import load_tinyimagenet
-
-        data = load_tinyimagenet(data_root(dcfg.root), dcfg.imbalance, profile=dcfg.profile,
-                                 step_fraction=dcfg.step_fraction, split_seed=dcfg.split_seed,
-                                 download=dcfg.download, verify=dcfg.verify)
-        check_stored_split(name, dcfg.imbalance, dcfg.split_seed, dcfg.profile, data.train_indices)
-        return Dataset(name, 200, list(data.class_names), data.train, data.test, train_indices=data.train_indices,
-                       mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=64, verified=dcfg.verify)
-    return _build_list_dataset(dcfg)
-
-
-def _list_path(path: str, root: Path) -> Path:
-    """A relative list path is looked for under the data root first, then in the working directory."""
-    p = Path(path).expanduser()
-    if not p.is_absolute() and (root / p).is_file():
-        return root / p
-    return p
-
-
-def _build_list_dataset(dcfg: DataConfig) -> Dataset:
-    from longtail.data.listfile import check_disjoint, read_list_file
-
-    root = data_root(dcfg.root)
-    kw = dict(num_classes=dcfg.num_classes, path_prefix=dcfg.path_prefix)
-    train = read_list_file(_list_path(dcfg.train_list, root), root, **kw)
-    test = read_list_file(_list_path(dcfg.test_list, root), root, **kw)
-    val = read_list_file(_list_path(dcfg.val_list, root), root, **kw) if dcfg.val_list else None
-    if val is not None and dcfg.name in ("imagenet_lt", "places_lt"):
-        check_disjoint(train, val)
-    num_classes = dcfg.num_classes or int(max(train.labels.max(), test.labels.max())) + 1
-    mean, std = (INAT_MEAN, INAT_STD) if dcfg.name == "inat2018" else (IMAGENET_MEAN, IMAGENET_STD)
-    return Dataset(dcfg.name, num_classes, [str(i) for i in range(num_classes)], train, test, val=val,
-                   mean=mean, std=std, image_size=224, verified=dcfg.verify)
+    return DATASETS.get(dcfg.name).build(dcfg)

@@ -30,6 +30,7 @@ from typing import Iterable, Optional
 
 from tqdm import tqdm
 
+from longtail.fileio import atomic_write_text
 from longtail.errors import ChecksumError, DataError
 
 CACHE_NAME = ".longtail_verified.json"
@@ -56,18 +57,6 @@ def file_digest(path: Path, algo: str) -> str:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class VerifyCache:
@@ -132,13 +121,13 @@ class VerifyCache:
         """Write the cache; returns where it went, or None if nowhere was writable."""
         text = json.dumps(self.entries, indent=1, sort_keys=True)
         try:
-            _atomic_write_text(self.path, text)
+            atomic_write_text(self.path, text)
             return self.path
         except OSError:
             pass
         try:
             self.fallback_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.fallback_path, json.dumps({"_folder": str(self.folder.resolve()), **self.entries}))
+            atomic_write_text(self.fallback_path, json.dumps({"_folder": str(self.folder.resolve()), **self.entries}))
             return self.fallback_path
         except OSError:
             return None  # nothing writable: the files are simply re-verified next time

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from longtail.errors import ConfigError
+from longtail.registry import SAMPLERS as _REGISTRY
 
-SAMPLERS = ("instance", "class_balanced", "sqrt", "progressive")
+SAMPLERS = ("instance", "class_balanced", "sqrt", "progressive")  # the built-in ones
 
 _MASK64 = (1 << 64) - 1
 
@@ -302,13 +303,23 @@ class ProgressiveSampler(_ClassProbabilitySampler):
         return (1.0 - t) * self._q_ib + t * self._q_cb
 
 
+SAMPLERS_REGISTRY = _REGISTRY
+SAMPLERS_REGISTRY.register("instance", lambda labels, *, seed, k, total_epochs: InstanceSampler(labels, seed=seed))
+SAMPLERS_REGISTRY.register("class_balanced",
+                           lambda labels, *, seed, k, total_epochs: ClassBalancedSampler(labels, seed=seed, k=k))
+SAMPLERS_REGISTRY.register("sqrt", lambda labels, *, seed, k, total_epochs: SquareRootSampler(labels, seed=seed))
+SAMPLERS_REGISTRY.register("progressive", lambda labels, *, seed, k, total_epochs: ProgressiveSampler(
+    labels, seed=seed, total_epochs=total_epochs))
+
+
 def build_sampler(
     name: str, labels: LabelsLike, *, seed: int, k: int = 1, total_epochs: int = 1
 ) -> Sampler:
-    """Build a sampler by its config name (``data.sampler``).
+    """Build a sampler by its config name (``data.sampler``), from the sampler registry.
 
     Args:
-        name: ``instance``, ``class_balanced``, ``sqrt`` or ``progressive``.
+        name: ``instance``, ``class_balanced``, ``sqrt``, ``progressive``, or a name registered with
+            ``SAMPLERS.register(name, factory)``, ``factory(labels, *, seed, k, total_epochs) -> Sampler``.
         labels: training labels, int [N].
         seed: the training seed.
         k: ``class_balanced`` only: samples per class visit (``data.sampler_k``).
@@ -317,14 +328,9 @@ def build_sampler(
     Raises:
         ConfigError: unknown name (with the closest valid one), or a bad k / total_epochs.
     """
-    if name == "instance":
-        return InstanceSampler(labels, seed=seed)
-    if name == "class_balanced":
-        return ClassBalancedSampler(labels, seed=seed, k=k)
-    if name == "sqrt":
-        return SquareRootSampler(labels, seed=seed)
-    if name == "progressive":
-        return ProgressiveSampler(labels, seed=seed, total_epochs=total_epochs)
-    close = difflib.get_close_matches(str(name), SAMPLERS, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"data.sampler must be one of {', '.join(SAMPLERS)} (got '{name}'{hint})")
+    if name not in SAMPLERS_REGISTRY:
+        names = SAMPLERS_REGISTRY.names()
+        close = difflib.get_close_matches(str(name), names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"data.sampler must be one of {', '.join(names)} (got '{name}'{hint})")
+    return SAMPLERS_REGISTRY.get(name)(labels, seed=seed, k=k, total_epochs=total_epochs)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from longtail.data.base import ArraySplit
 from longtail.data.download import download_url, safe_extract, verify_file
 from longtail.data.splits import lt_counts, select_lt_indices
+from longtail.fileio import atomic_write
 from longtail.errors import DataError
 
 FOLDER = "tiny-imagenet-200"
@@ -215,14 +215,11 @@ def _load_images(folder: Path, paths: Sequence[str], stats, kind: str, use_cache
     arr = _decode(folder, paths, f"decoding Tiny-ImageNet {kind}")
     if use_cache:
         try:
-            cache.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npy.tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
+            def save(tmp: Path) -> None:
+                with open(tmp, "wb") as f:
                     np.save(f, arr)
-                os.replace(tmp, cache)  # atomic: another process never reads half a cache
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+
+            atomic_write(cache, save, durable=False)  # another process never reads half a cache
         except OSError:
             pass  # read-only copy: decode again next time
     return arr

@@ -178,16 +178,6 @@ def all_reduce_max_(tensor: Tensor) -> Tensor:
     return tensor
 
 
-class _DDP(torch.nn.parallel.DistributedDataParallel):
-    """DDP that falls back to the wrapped module's attributes (methods call e.g. ``network.prototypes()``)."""
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)
-
-
 def wrap_ddp(network: torch.nn.Module, device: torch.device, *, find_unused_parameters: bool = False):
     """``network`` wrapped in DistributedDataParallel when distributed, else ``network`` itself.
 
@@ -197,7 +187,7 @@ def wrap_ddp(network: torch.nn.Module, device: torch.device, *, find_unused_para
     if not is_distributed():
         return network
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return _DDP(network, device_ids=ids, output_device=ids[0] if ids else None,
+    return torch.nn.parallel.DistributedDataParallel(network, device_ids=ids, output_device=ids[0] if ids else None,
                 find_unused_parameters=find_unused_parameters)
 
 

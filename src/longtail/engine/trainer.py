@@ -159,11 +159,22 @@ class _SignalGuard:
 
 
 class Trainer:
-    """Runs the optimisation of one method on one dataset and writes the run directory's logs."""
+    """Runs the optimisation of one method on one dataset and writes the run directory's logs.
+
+    Args:
+        cfg: the run's config; the trainer reads its ``train``, ``optim`` and ``eval`` sections.
+        run_dir: where ``checkpoints/last.pt`` goes.
+        network: the plain module (its ``state_dict`` is what is saved); method: the :class:`Method`.
+        train_batches, eval_batches: the batch sources; device; logger: a RunLogger (or NullLogger).
+        forward: the evaluation forward (e.g. compiled), default ``network``; train_forward: the training
+            forward (the DDP wrapper under torchrun), default ``forward``.
+        train_counts, num_classes: default to the method's counts and the network's classes.
+    """
 
     def __init__(self, cfg: Config, run_dir: Path, *, network, method, train_batches, eval_batches,
-                 train_counts: np.ndarray, num_classes: int, device: torch.device, logger: RunLogger,
-                 forward: Optional[Callable] = None, train_forward: Optional[Callable] = None):
+                 device: torch.device, logger: RunLogger, forward: Optional[Callable] = None,
+                 train_forward: Optional[Callable] = None, train_counts: Optional[np.ndarray] = None,
+                 num_classes: Optional[int] = None):
         self.cfg = cfg
         self.run_dir = run_dir
         self.network = network  # the plain module: its state_dict is what we save
@@ -174,8 +185,9 @@ class Trainer:
         self.method = method
         self.train_batches = train_batches
         self.eval_batches = eval_batches
-        self.train_counts = train_counts
-        self.num_classes = num_classes
+        self.train_counts = (method.train_counts.cpu().numpy() if train_counts is None
+                             else np.asarray(train_counts))
+        self.num_classes = int(network.num_classes if num_classes is None else num_classes)
         self.device = device
         self.logger = logger
         self.optimizer = build_optimizer(network, cfg)

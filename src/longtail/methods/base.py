@@ -1,48 +1,56 @@
-"""What a method is: the views it needs, how it builds its network, and its loss.
+"""What a method is: its parameters, the views it needs, how it builds its network, and its loss.
 
-Adding a method = one file with a :class:`Method` subclass decorated by ``@register_method("name")``,
-plus configs. The trainer knows nothing about particular methods.
+Adding a method is one file: a parameter dataclass (a subclass of :class:`MethodConfig` listing the
+method's own config keys, with a ``check()`` that raises ConfigError on bad values) and a
+:class:`Method` subclass decorated with ``@register_method("name")`` whose ``Params`` is that dataclass;
+plus configs. The trainer knows nothing about particular methods. A method in your own module is
+registered the same way and made known with ``plugins: [your_module]`` in the config.
 """
 
 from __future__ import annotations
 
-import difflib
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from longtail.config import Config
+from longtail.config import Config, MethodConfig, ModelConfig
 from longtail.data.batches import Batch
 from longtail.errors import ConfigError
 from longtail.models import NetOutput, Network, build_network
+from longtail.registry import METHODS
 
-_REGISTRY: dict[str, type["Method"]] = {}
+__all__ = ["Method", "MethodConfig", "register_method", "create_method", "list_methods", "check_value"]
 
 
 def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: register a :class:`Method` subclass as ``method.name = name``."""
+
     def deco(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY:
-            raise ValueError(f"method '{name}' is registered twice")
         cls.name = name
-        _REGISTRY[name] = cls
+        METHODS.register(name, cls)
         return cls
 
     return deco
 
 
 def list_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    """Names of the registered methods (built-ins and loaded plugins), sorted."""
+    return sorted(METHODS.names())
 
 
 def create_method(cfg: Config, train_counts: np.ndarray) -> "Method":
-    name = cfg.method.name
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown method '{name}'{hint} Available: {', '.join(list_methods())}")
-    return _REGISTRY[name](cfg, np.asarray(train_counts, dtype=np.int64))
+    """The method of ``cfg.method`` for a training split with ``train_counts`` images per class."""
+    cls = METHODS.get(cfg.method.name)
+    return cls(cfg.method, model=cfg.model, augment=cfg.data.augment,
+               train_counts=np.asarray(train_counts, dtype=np.int64))
+
+
+def check_value(ok: bool, key: str, msg: str) -> None:
+    """Raise ConfigError ``method.<key> <msg>`` unless ``ok`` (for the parameter dataclasses' ``check``)."""
+    if not ok:
+        raise ConfigError(f"method.{key} {msg}")
 
 
 class Method(nn.Module):
@@ -51,26 +59,38 @@ class Method(nn.Module):
     Subclasses set ``self.criterion`` (an ``nn.Module`` loss of ``(logits, targets)``) and may override
     :meth:`on_epoch_start` for epoch-dependent schedules (e.g. DRW). The method is an ``nn.Module`` so
     that its loss buffers (class counts, priors, weights) move with ``.to(device)``.
+
+    Args:
+        params: the method's parameters (its ``Params`` dataclass: the config's ``method`` section).
+        model: the ``model`` section (the network the method builds).
+        augment: the ``data.augment`` preset, the view of the classifier.
+        train_counts: training images per class (each > 0).
     """
 
-    name = "base"
-    num_views = 1
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type] = MethodConfig
+    num_views: ClassVar[int] = 1
 
-    def __init__(self, cfg: Config, train_counts: np.ndarray):
+    def __init__(self, params: MethodConfig, *, model: ModelConfig, augment: str, train_counts: np.ndarray):
         super().__init__()
+        train_counts = np.asarray(train_counts, dtype=np.int64)
         if (train_counts <= 0).any():
             empty = np.flatnonzero(train_counts <= 0)[:5].tolist()
             raise ConfigError(f"classes {empty} have no training images; every class needs at least one")
-        self.cfg = cfg
+        self.params, self.model_cfg, self.augment = params, model, augment
         self.register_buffer("train_counts", torch.as_tensor(train_counts, dtype=torch.int64), persistent=False)
         self.criterion: nn.Module = nn.CrossEntropyLoss()
 
-    def build_network(self, num_classes: int, in_channels: int) -> Network:
-        return build_network(self.cfg.model, num_classes, in_channels)
+    @classmethod
+    def presets(cls, params: MethodConfig, augment: str) -> list[str]:
+        """Augmentation preset of each view the batch source must produce (baselines: one view)."""
+        return [augment] * cls.num_views
 
     def view_presets(self) -> list[str]:
-        """Augmentation preset of each view the batch source must produce (baselines: one view)."""
-        return [self.cfg.data.augment] * self.num_views
+        return type(self).presets(self.params, self.augment)
+
+    def build_network(self, num_classes: int, in_channels: int) -> Network:
+        return build_network(self.model_cfg, num_classes, in_channels)
 
     def on_epoch_start(self, epoch: int, *, fresh: bool = True) -> None:
         """Called before each 0-based epoch and on resume, so schedules depend only on the epoch.
@@ -91,3 +111,4 @@ class Method(nn.Module):
     def inference_logits(self, output: NetOutput) -> torch.Tensor:
         """Logits used for prediction. Training-time adjustments never appear here."""
         return output.logits
+

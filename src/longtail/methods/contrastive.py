@@ -1,8 +1,8 @@
-"""The contrastive methods: BCL, SupCon + LA, and BBL (our reconstruction).
+"""The two-branch recipe shared by BCL, SupCon + LA and BBL (METHODS.md §2.2).
 
-One recipe (METHODS.md §2.2): each image gives three views, v0 for classification and v1, v2 for the
-contrastive branch; all 3B views go through the backbone in one pass (so BatchNorm statistics cover all
-views); the logits of v0 train a logit-adjusted CE, the projections of v1 and v2 the contrastive loss:
+Each image gives three views, v0 for classification and v1, v2 for the contrastive branch; all 3B views
+go through the backbone in one pass (so BatchNorm statistics cover all views); the logits of v0 train a
+logit-adjusted CE, the projections of v1 and v2 the contrastive loss:
 
     L = alpha * CE(s(v0) + log pi, y) + beta * L_contrastive(z(v1), z(v2), y [, class centres])
 
@@ -12,17 +12,42 @@ its own anchors against the global contrast set (METHODS §2.6 item 5).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from longtail.data.batches import Batch
 from longtail.engine import distributed as dist
-from longtail.losses import BBLLoss, BCLLoss, LogitAdjustedLoss, SupConLoss
-from longtail.methods.base import Method, register_method
+from longtail.losses import LogitAdjustedLoss
+from longtail.methods.base import Method, MethodConfig, check_value
 from longtail.models import NetOutput
 from longtail.models.contrastive import build_contrastive_network
 
+#: the contrastive views: "sim" (SimCLR-style) and "rand" (sim + RandAugment)
 VIEW_PRESETS = {"sim": "simclr", "rand": "simclr_rand"}
+CL_VIEWS = ("sim-sim", "sim-rand", "rand-rand")
+
+
+@dataclass
+class ContrastiveConfig(MethodConfig):
+    """L = alpha * LA-CE(view 0) + beta * contrastive(views 1, 2)."""
+
+    temperature: float = 0.1
+    alpha: float = 2.0
+    beta: float = 0.6
+    la_tau: float = 1.0  # the logit adjustment of the classification branch
+    proj_hidden: int = 512  # projection / prototype MLP: d -> proj_hidden -> proj_dim
+    proj_dim: int = 128
+    cl_views: str = "sim-sim"  # sim-sim | sim-rand | rand-rand (views 1 and 2)
+
+    def check(self) -> None:
+        check_value(self.temperature > 0, "temperature", f"must be > 0 (got {self.temperature})")
+        check_value(self.alpha >= 0 and self.beta >= 0, "alpha", f"and method.beta must be >= 0 (got {self.alpha}, "
+                                                                  f"{self.beta})")
+        check_value(self.proj_hidden >= 1 and self.proj_dim >= 1, "proj_hidden", "and method.proj_dim must be >= 1")
+        check_value(self.cl_views in CL_VIEWS, "cl_views", f"must be one of {', '.join(CL_VIEWS)} "
+                                                           f"(got '{self.cl_views}')")
 
 
 class TwoBranch(Method):
@@ -31,17 +56,18 @@ class TwoBranch(Method):
     num_views = 3
     uses_prototypes = True
 
-    def __init__(self, cfg, train_counts):
-        super().__init__(cfg, train_counts)
-        self.criterion = LogitAdjustedLoss(train_counts, tau=cfg.method.la_tau)
+    def __init__(self, params: ContrastiveConfig, *, train_counts, **kw):
+        super().__init__(params, train_counts=train_counts, **kw)
+        self.criterion = LogitAdjustedLoss(train_counts, tau=params.la_tau)
 
-    def view_presets(self) -> list[str]:
-        a, b = self.cfg.method.cl_views.split("-")
-        return [self.cfg.data.augment, VIEW_PRESETS[a], VIEW_PRESETS[b]]
+    @classmethod
+    def presets(cls, params: ContrastiveConfig, augment: str) -> list[str]:
+        a, b = params.cl_views.split("-")
+        return [augment, VIEW_PRESETS[a], VIEW_PRESETS[b]]
 
     def build_network(self, num_classes: int, in_channels: int):
-        m = self.cfg.method
-        return build_contrastive_network(self.cfg.model, num_classes, in_channels, proj_hidden=m.proj_hidden,
+        m = self.params
+        return build_contrastive_network(self.model_cfg, num_classes, in_channels, proj_hidden=m.proj_hidden,
                                          proj_dim=m.proj_dim, prototypes=self.uses_prototypes)
 
     def forward_batch(self, network, batch: Batch) -> NetOutput:
@@ -49,15 +75,15 @@ class TwoBranch(Method):
         out = network(torch.cat(batch.views[:3]))
         z = F.normalize(out.embeddings["proj"].float(), dim=1)
         emb = {"z": torch.stack([z[b:2 * b], z[2 * b:3 * b]], dim=1)}  # [B, 2, d_z]: views 1 and 2
-        if self.uses_prototypes:
-            emb["prototypes"] = network.prototypes()
+        if "prototypes" in out.embeddings:
+            emb["prototypes"] = out.embeddings["prototypes"]
         return NetOutput(features=out.features[:b], logits=out.logits[:b], embeddings=emb)
 
-    def contrastive(self, z: torch.Tensor, labels: torch.Tensor, prototypes):
+    def contrastive(self, z: torch.Tensor, labels: torch.Tensor, prototypes, local):
         raise NotImplementedError
 
     def loss(self, batch: Batch, output: NetOutput):
-        m = self.cfg.method
+        m = self.params
         la = self.criterion(output.logits, batch.labels)
         z, y = output.embeddings["z"], batch.labels
         local = None
@@ -66,53 +92,3 @@ class TwoBranch(Method):
             z, y = dist.all_gather_with_grad(z), dist.all_gather_no_grad(y)
         con, parts = self.contrastive(z, y, output.embeddings.get("prototypes"), local)
         return m.alpha * la + m.beta * con, {"la": la.detach(), "contrastive": con.detach(), **parts}
-
-
-@register_method("bcl")
-class BCL(TwoBranch):
-    """Balanced contrastive learning (Zhu et al., CVPR 2022), exactly as METHODS.md §2.3."""
-
-    def __init__(self, cfg, train_counts):
-        super().__init__(cfg, train_counts)
-        m = cfg.method
-        self.bcl = BCLLoss(temperature=m.temperature, class_averaging=m.class_averaging,
-                           class_complement=m.class_complement)
-
-    def contrastive(self, z, y, prototypes, local):
-        return self.bcl(z, y, prototypes, local_range=local), {}
-
-
-@register_method("supcon")
-class SupConLA(TwoBranch):
-    """Supervised contrastive loss (Khosla et al. 2020, L_out) on views 1 and 2, plus LA-CE on view 0."""
-
-    uses_prototypes = False
-
-    def __init__(self, cfg, train_counts):
-        super().__init__(cfg, train_counts)
-        self.supcon = SupConLoss(temperature=cfg.method.temperature)
-
-    def contrastive(self, z, y, prototypes, local):
-        return self.supcon(z, y, local_range=local), {}
-
-
-@register_method("bbl")
-class BBL(TwoBranch):
-    """BBL (reconstruction): bi-granularity balance. NOT the authors' method; see docs/methods/bbl.md."""
-
-    def __init__(self, cfg, train_counts):
-        super().__init__(cfg, train_counts)
-        m = cfg.method
-        self.bbl = BBLLoss(train_counts, temperature=m.temperature, gamma=m.bbl_gamma, lam=m.bbl_lambda,
-                           global_mode=m.bbl_global_mode, kappa=m.bbl_kappa, variant=m.bbl_variant,
-                           local_repulsion_only=m.bbl_local_repulsion_only,
-                           r2_batch_positives=m.bbl_r2_batch_positives, queue_size=m.bbl_queue_size,
-                           dim=m.proj_dim)
-
-    def on_epoch_start(self, epoch: int, *, fresh: bool = True) -> None:
-        if fresh and self.cfg.method.bbl_variant == "r3":
-            self.bbl.start_epoch()
-
-    def contrastive(self, z, y, prototypes, local):
-        out = self.bbl(z, y, prototypes, local_range=local)
-        return out.total, {"global": out.global_term.detach(), "local": out.local_term.detach()}

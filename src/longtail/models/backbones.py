@@ -18,7 +18,6 @@ Register your own with::
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 import torchvision
@@ -26,46 +25,28 @@ from torch import nn
 
 from longtail.errors import ConfigError
 from longtail.models import resnet_cifar
+from longtail.registry import BACKBONES
 
 BackboneFactory = Callable[..., nn.Module]
-
-_REGISTRY: dict[str, BackboneFactory] = {}
+_REGISTRY = BACKBONES._entries  # the registry's own dict (tests remove their temporary entries from it)
 
 #: torchvision classification models we expose by name (their ``fc`` is removed).
 TORCHVISION_BACKBONES = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )
-
 #: the width CIFAR ResNets use by default; torchvision backbones accept only this value.
 DEFAULT_WIDTH = 16
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Decorator registering ``fn(*, in_channels, width) -> nn.Module`` under ``name``."""
-
-    def deco(fn: BackboneFactory) -> BackboneFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone '{name}' is already registered; pick another name")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
     """Registered backbone names, in registration order (CIFAR ResNets first)."""
-    return list(_REGISTRY)
-
-
-def _closest(name: str, choices: list[str]) -> str | None:
-    # difflib's score, but ties go to the earlier registered name (resnet33 -> resnet32, not resnet34).
-    best, best_score = None, 0.6
-    for c in choices:
-        score = difflib.SequenceMatcher(None, name, c).ratio()
-        if score > best_score:
-            best, best_score = c, score
-    return best
+    return BACKBONES.names()
 
 
 def create_backbone(name: str, *, in_channels: int = 3, width: int = DEFAULT_WIDTH) -> nn.Module:
@@ -82,11 +63,7 @@ def create_backbone(name: str, *, in_channels: int = 3, width: int = DEFAULT_WID
     Raises:
         ConfigError: unknown name (with the closest match) or an unsupported width.
     """
-    if name not in _REGISTRY:
-        close = _closest(name, list(_REGISTRY))
-        hint = f"; did you mean '{close}'?" if close else "."
-        raise ConfigError(f"unknown backbone '{name}'{hint} Available: {', '.join(_REGISTRY)}")
-    model = _REGISTRY[name](in_channels=in_channels, width=width)
+    model = BACKBONES.get(name)(in_channels=in_channels, width=width)
     if not isinstance(getattr(model, "out_dim", None), int):
         raise TypeError(f"backbone factory '{name}' must return a module with an int attribute out_dim")
     return model

@@ -24,13 +24,20 @@ class ContrastiveNetwork(Network):
     """Network + projection head ``heads["proj"]`` (g) + optional prototype head ``proto`` (q).
 
     Shape:
-        forward(x [B, C_in, H, W]) -> NetOutput(features [B, d], logits [B, C], embeddings {"proj": [B, d_z]});
-        prototypes() -> [C, d_z], L2-normalised.
+        forward(x [B, C_in, H, W]) -> NetOutput(features [B, d], logits [B, C], embeddings {"proj": [B, d_z],
+        "prototypes": [C, d_z] when the network has a prototype head}); prototypes() -> [C, d_z], L2-normalised.
     """
 
     def __init__(self, backbone, classifier, proj: ProjectionMLP, proto: Optional[ProjectionMLP] = None):
         super().__init__(backbone, classifier, heads={"proj": proj})
         self.proto = proto
+
+    def forward(self, x: Tensor):
+        """The network's output; with a prototype head its embeddings also hold ``"prototypes"`` [C, d_z]."""
+        out = super().forward(x)
+        if self.proto is not None:
+            out.embeddings["prototypes"] = self.prototypes()
+        return out
 
     def prototypes(self) -> Tensor:
         """Class centres from the current classifier rows; gradients reach the classifier through them.

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longtail.errors import ConfigError
+from longtail.registry import HEADS
 
-HEAD_KINDS = ("linear", "cosine")
 
 
 class LinearHead(nn.Linear):
@@ -110,13 +110,49 @@ class ProjectionMLP(nn.Sequential):
         self.in_dim, self.hidden_dim, self.out_dim = in_dim, hidden_dim, out_dim
 
 
+HEADS.register("linear", lambda in_dim, num_classes, scale: LinearHead(in_dim, num_classes))
+HEADS.register("cosine", lambda in_dim, num_classes, scale: CosineHead(in_dim, num_classes, scale=scale))
+
+
 def build_head(kind: str, in_dim: int, num_classes: int, scale: float = 30.0) -> nn.Module:
-    """A classifier head: ``"linear"`` (with bias) or ``"cosine"`` (scale σ = ``scale``)."""
-    if kind == "linear":
-        return LinearHead(in_dim, num_classes)
-    if kind == "cosine":
-        return CosineHead(in_dim, num_classes, scale=scale)
-    raise ConfigError(f"model.head must be one of {', '.join(HEAD_KINDS)} (got '{kind}')")
+    """A classifier head from the registry: ``"linear"`` (with bias), ``"cosine"`` (scale σ = ``scale``),
+    or one registered with ``HEADS.register(name, factory)``, ``factory(in_dim, num_classes, scale)``."""
+    if kind not in HEADS:
+        raise ConfigError(f"model.head must be one of {', '.join(HEADS.names())} (got '{kind}')")
+    return HEADS.get(kind)(in_dim, num_classes, scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# stage-2 classifiers built from a trained linear head (Kang et al., ICLR 2020)
+
+
+def tau_normalize(weight: Tensor, tau: float) -> Tensor:
+    """τ-norm rows: w̃_c = w_c / ‖w_c‖^τ (the bias is dropped by the caller). Shape: [C, D] -> [C, D]."""
+    return weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau)
+
+
+class LWSHead(nn.Module):
+    """Learnable weight scaling: s_c = f_c·(w_c·h + b_c) with W, b frozen and f initialised to 1.
+
+    :meth:`folded` multiplies the scales into W and b, giving an ordinary linear head.
+
+    Shape:
+        h: [B, D] -> [B, C].
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.scales = nn.Parameter(torch.ones(weight.shape[0], device=weight.device))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.scales * F.linear(h, self.weight, self.bias)
+
+    def folded(self) -> tuple[Tensor, Tensor | None]:
+        """(f_c w_c, f_c b_c): the same logits as an ordinary linear head."""
+        f = self.scales.detach()[:, None]
+        return self.weight * f, None if self.bias is None else self.bias * f[:, 0]
 
 
 def _full_precision(device_type: str) -> contextlib.AbstractContextManager:

@@ -12,16 +12,18 @@ import numpy as np
 import torch
 import yaml
 
-from longtail.data.splits import shot_group_ids, shot_summary
-from longtail.dlsa.classifiers import (ClassifierInputs, ClusterAidedClassifier, RegularClassifier, predict,
+from longtail.data.splits import shot_group_ids
+from longtail.stage2.dlsa.classifiers import (ClassifierInputs, ClusterAidedClassifier, RegularClassifier, predict,
                                        train_classifier)
-from longtail.dlsa.config import DLSAConfig, load_dlsa_config
-from longtail.dlsa.data import read_feature_cache
-from longtail.dlsa.filtering import cluster_stats, llh_threshold, prior_table
-from longtail.dlsa.mixture import score
-from longtail.dlsa.train_flow import train_flow
+from longtail.stage2.dlsa.config import DLSAConfig, load_dlsa_config
+from longtail.stage2.dlsa.filtering import cluster_stats, llh_threshold, prior_table
+from longtail.stage2.dlsa.mixture import score
+from longtail.stage2.dlsa.train_flow import train_flow
 from longtail.errors import DataError
+from longtail.fileio import atomic_write
 from longtail.metrics import MetricAccumulator
+from longtail.rundir import RunDir, environment, summary_record
+from longtail.stage2.features import read_feature_cache
 
 GROUPS = ("many", "medium", "few")
 
@@ -68,15 +70,15 @@ def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Opti
     """
     from sklearn.metrics import normalized_mutual_info_score
 
-    from longtail.engine.run import device_name, git_commit, resolve_device
+    from longtail.engine.devices import device_name, resolve_device
 
     t0 = time.time()
     cfg: DLSAConfig = load_dlsa_config(config_path, overrides)
     dev = resolve_device(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     cache = read_feature_cache(features_dir)
+    rd = RunDir(out_dir)
+    out = rd.create().path
+    rd.write_config(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     C = cache.num_classes
     train_counts = torch.as_tensor(cache.class_counts)
     splits = {"train": cache.train, "test": cache.test}
@@ -192,24 +194,25 @@ def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Opti
     for s, o in owner.items():  # the partition invariant: every val/test sample has exactly one owner
         assert bool((o >= 0).all()), f"some {s} samples got no prediction"
     assert sum(e["test_count"] for e in stages) == len(y["test"])
-    np.savez(out / "predictions.npz", labels=y["test"].numpy(), pred=test_pred.numpy(), owner=owner["test"].numpy())
+    atomic_write(out / "predictions.npz", lambda tmp: _savez(tmp, labels=y["test"].numpy(), pred=test_pred.numpy(),
+                                                              owner=owner["test"].numpy()))
     meta = cache.meta
-    summary = {"name": out.name}
-    summary.update({k: meta[k] for k in ("dataset", "imbalance", "backbone", "epochs", "batch_size", "augment")
-                    if k in meta})
-    summary.update(acc.compute(cache.class_counts))
+    tags = {k: meta[k] for k in ("dataset", "imbalance", "backbone", "epochs", "batch_size", "augment") if k in meta}
+    tags.update({"method": f"{meta['method']}+dlsa" if meta.get("method") else "dlsa", "seed": cfg.seed,
+                 "selection": "best_val" if selections == {"best_val"} else
+                 ("last" if selections <= {"last"} else "mixed")})
     counts = [int(c) for c in np.asarray(cache.class_counts)]
-    summary.update({
-        "train_counts": counts, "shots": shot_summary(counts),
-        "class_names": list(meta.get("class_names") or [str(i) for i in range(len(counts))]),
-        "num_test": int(len(y["test"])), "data_verified": bool(meta.get("data_verified", True)),
-        "method": f"{meta['method']}+dlsa" if meta.get("method") else "dlsa", "feature_source": str(features_dir), "seed": cfg.seed,
-        "selection": "best_val" if selections == {"best_val"} else ("last" if selections <= {"last"} else "mixed"),
-        "stages": stages, "wall_seconds": round(time.time() - t0, 3), "device": device_name(dev),
-        "torch": torch.__version__, "commit": git_commit(),
-    })
-    path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2))
+    summary = summary_record(kind="dlsa", name=out.name, tags=tags, metrics=acc.compute(cache.class_counts),
+                             train_counts=counts, wall_seconds=round(time.time() - t0, 3),
+                             class_names=meta.get("class_names") or [str(i) for i in range(len(counts))],
+                             env=environment(device_name(dev)), data_verified=bool(meta.get("data_verified", True)),
+                             extra={"feature_source": str(features_dir), "stages": stages})
+    path = rd.write_summary(summary)
     echo(f"dlsa: top-1 {summary['top1']:.2f} (many {summary['many']}, medium {summary['medium']}, "
          f"few {summary['few']}); wrote {out}")
     return path
+
+
+def _savez(path: Path, **arrays) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez(f, **arrays)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from longtail.dlsa.flow import Flow
+from longtail.stage2.dlsa.flow import Flow
 
 
 class GaussianMixture(nn.Module):

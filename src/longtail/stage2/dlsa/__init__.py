@@ -3,7 +3,7 @@
 It works on cached features and knows nothing of images or backbones.
 """
 
-from longtail.dlsa.config import DLSAConfig, load_dlsa_config
-from longtail.dlsa.pipeline import run_dlsa
+from longtail.stage2.dlsa.config import DLSAConfig, load_dlsa_config
+from longtail.stage2.dlsa.pipeline import run_dlsa
 
 __all__ = ["DLSAConfig", "load_dlsa_config", "run_dlsa"]

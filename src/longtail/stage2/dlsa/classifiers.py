@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from longtail.dlsa.flow import _uniform_init
+from longtail.stage2.dlsa.flow import _uniform_init
 
 
 def _linear(d_in: int, d_out: int, generator: torch.Generator) -> nn.Linear:

@@ -8,9 +8,9 @@ from typing import Callable, Optional
 
 import torch
 
-from longtail.dlsa.config import DLSAConfig
-from longtail.dlsa.filtering import cluster_stats
-from longtail.dlsa.mixture import GMFlow, log_posterior, log_prob, score
+from longtail.stage2.dlsa.config import DLSAConfig
+from longtail.stage2.dlsa.filtering import cluster_stats
+from longtail.stage2.dlsa.mixture import GMFlow, log_posterior, log_prob, score
 
 
 class PairSampler:

@@ -1,0 +1,87 @@
+"""Checking a config: every value, with an error that names the key and the fix.
+
+Names (dataset, augmentation preset, sampler, backbone, head, method) are checked against the registries,
+so entries added by plugins are valid; the method's own parameters are checked by its dataclass.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from longtail.config.schema import COMPILE_MODES, Config
+from longtail.errors import ConfigError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _choice(key: str, value: str, choices) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{key} must be one of {', '.join(choices)} (got '{value}'{hint})")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every value; raise ConfigError naming the key and the fix."""
+    from longtail.registry import BACKBONES, DATASETS, HEADS, METHODS, PRESETS, SAMPLERS
+
+    d, o, t, e = cfg.data, cfg.optim, cfg.train, cfg.eval
+    _choice("data.name", d.name, DATASETS.names())
+    _check(d.imbalance >= 1, f"data.imbalance must be >= 1 (got {d.imbalance}); 1 means balanced")
+    _choice("data.profile", d.profile, ("exp", "step"))
+    _check(0 <= d.step_fraction <= 1, f"data.step_fraction must be in [0, 1] (got {d.step_fraction})")
+    _choice("data.format", d.format, ("auto", "python", "binary"))
+    _choice("data.augment", d.augment, PRESETS.names())
+    _choice("data.sampler", d.sampler, SAMPLERS.names())
+    _choice("data.source", d.source, ("auto", "memory", "loader"))
+    _check(d.sampler_k >= 1, f"data.sampler_k must be >= 1 (got {d.sampler_k})")
+    _check(d.cutout >= 0, f"data.cutout must be >= 0 pixels (got {d.cutout})")
+    _check(d.crop_padding is None or d.crop_padding >= 0, f"data.crop_padding must be >= 0 (got {d.crop_padding})")
+    _check(d.randaugment_mstd >= 0, f"data.randaugment_mstd must be >= 0 (got {d.randaugment_mstd})")
+    _check(d.num_workers >= 0, f"data.num_workers must be >= 0 (got {d.num_workers})")
+    _check(0 <= d.randaugment_m <= 10 and d.randaugment_n >= 0,
+           f"data.randaugment_n must be >= 0 and data.randaugment_m in [0, 10] (got {d.randaugment_n}, {d.randaugment_m})")
+    _choice("model.head", cfg.model.head, HEADS.names())
+    BACKBONES.get(cfg.model.backbone)  # a ConfigError naming the closest backbone
+    _check(cfg.model.scale > 0, f"model.scale must be > 0 (got {cfg.model.scale})")
+    _check(bool(cfg.method.name), "method.name must name a method, e.g. ce (see longtail.methods.list_methods())")
+    method = METHODS.get(cfg.method.name)
+    if not isinstance(cfg.method, getattr(method, "Params", type(cfg.method))):
+        raise ConfigError(f"the method section holds {type(cfg.method).__name__}, not the parameters of "
+                          f"method '{cfg.method.name}'; set method.name through the config or an override")
+    check = getattr(cfg.method, "check", None)
+    if check is not None:
+        check()
+    _check(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
+    _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
+    _check(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
+    _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs})")
+    _choice("optim.schedule", o.schedule, ("step", "cosine", "bcl_cosine", "constant"))
+    _check(o.gamma > 0, f"optim.gamma must be > 0 (got {o.gamma})")
+    _check(all(x >= 0 for x in o.milestones), f"optim.milestones must be >= 0 (got {o.milestones})")
+    _check(o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be > 0 or null (got {o.grad_clip})")
+    _choice("optim.impl", o.impl, ("auto", "fused", "foreach", "for_loop"))
+    _check(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
+    _check(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
+    _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1 or null (got {t.max_steps})")
+    _choice("train.amp", t.amp, ("auto", "bf16", "none"))
+    _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
+    _check(bool(t.compile_backend), "train.compile_backend must name a torch.compile backend, e.g. inductor")
+    _check(t.eval_every >= 0, f"train.eval_every must be >= 0 (got {t.eval_every})")
+    _check(e.posthoc_tau >= 0, f"eval.posthoc_tau must be >= 0 (got {e.posthoc_tau})")
+    _check(e.ece_bins >= 1, f"eval.ece_bins must be >= 1 (got {e.ece_bins})")
+    _check(e.batch_size >= 1, f"eval.batch_size must be >= 1 (got {e.batch_size})")
+    dev = cfg.device
+    _check(
+        dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+        f"device must be auto, cpu, cuda or cuda:N (got '{dev}')",
+    )
+    entry = DATASETS.get(d.name)
+    if getattr(entry, "check", None) is not None:
+        entry.check(d)
+    return cfg

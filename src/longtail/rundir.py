@@ -1,0 +1,198 @@
+"""The run directory: the one owner of its layout, its files and its ``summary.json`` schema.
+
+Every command that produces a run (``train``, ``decouple``, ``dlsa``) writes it through :class:`RunDir`,
+and ``eval``, ``report``, ``compare``, ``extract`` read it through the same class::
+
+    runs/NAME/
+      config.yaml          the resolved config, enough to rerun
+      metrics.jsonl        one JSON line per epoch (or stage)
+      summary.json         the final record: see :func:`summary_record`
+      checkpoints/last.pt  training state for resuming (train only)
+      model.safetensors    final weights, loadable without pickle
+      tb/                  TensorBoard events
+      report/              report.md, per_class.csv, figures
+
+Every file is written atomically (:mod:`longtail.fileio`). Only rank 0 of a distributed run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from longtail.errors import CheckpointError, LongtailError
+from longtail.fileio import atomic_write, atomic_write_json, atomic_write_text
+
+__all__ = ["RunDir", "summary_record", "environment", "git_commit", "SUMMARY_KINDS"]
+
+#: what produced a run directory
+SUMMARY_KINDS = ("train", "decouple", "dlsa")
+#: the metrics every summary carries (from :func:`longtail.metrics.MetricAccumulator.compute`)
+METRIC_KEYS = ("top1", "top5", "many", "medium", "few", "per_class", "ece", "calibration")
+
+
+def git_commit() -> str:
+    """The toolbox's git commit (with ``-dirty`` for local changes), or ``unknown`` outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: str, command: str = "", commit: Optional[str] = None) -> dict:
+    """Where and how a run was made: device, torch and Python versions, git commit, command and date."""
+    import torch
+
+    return {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "commit": git_commit() if commit is None else commit, "command": command,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+def summary_record(*, kind: str, name: str, tags: dict, metrics: dict, train_counts, class_names,
+                   wall_seconds: float, env: dict, data_verified: bool, extra: Optional[dict] = None) -> dict:
+    """The ``summary.json`` of every run, one schema for train, decouple and dlsa.
+
+    Args:
+        kind: one of :data:`SUMMARY_KINDS`.
+        name: the run's name.
+        tags: what identifies the configuration (dataset, imbalance, method, backbone, epochs, batch_size,
+            augment, sampler, seed, split_seed, selection, posthoc_tau ...), written first.
+        metrics: the evaluator's metrics (:data:`METRIC_KEYS` and ``num_samples``).
+        train_counts: training images per class; class_names: one per class.
+        wall_seconds: training time; env: :func:`environment`; data_verified: checksums were verified.
+        extra: kind-specific records (``stage2`` for decouple, ``stages`` for dlsa, ``completed_epochs`` ...).
+    """
+    from longtail.data.splits import shot_summary
+
+    if kind not in SUMMARY_KINDS:
+        raise ValueError(f"kind must be one of {SUMMARY_KINDS} (got {kind!r})")
+    counts = [int(c) for c in train_counts]
+    return {"kind": kind, "name": name, **tags, **{k: metrics[k] for k in METRIC_KEYS},
+            "num_test": metrics.get("num_samples"), "train_counts": counts,
+            "class_names": [str(c) for c in class_names], "shots": shot_summary(counts),
+            "wall_seconds": float(wall_seconds), **env, "data_verified": bool(data_verified), **(extra or {})}
+
+
+class RunDir:
+    """A run directory: paths, the refusal to overwrite a run, atomic writes and reads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def tb_path(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report"
+
+    # ------------------------------------------------------------------ state
+
+    def holds_run(self) -> bool:
+        """True when a run was started or finished here (a checkpoint or a summary exists)."""
+        return self.checkpoint_path.exists() or self.summary_path.exists()
+
+    def is_finished(self) -> bool:
+        return self.summary_path.is_file()
+
+    def refuse_existing(self, hint: str = "") -> None:
+        """Raise LongtailError if this folder already holds a run: nothing is ever silently overwritten."""
+        if self.holds_run():
+            raise LongtailError(f"{self.path} already holds a run. {hint}Pick another folder with --out "
+                                f"(nothing was changed).")
+
+    def create(self) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # ------------------------------------------------------------------ writing
+
+    def write_text(self, name: str, text: str) -> Path:
+        return atomic_write_text(self.path / name, text)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return atomic_write_json(self.path / name, obj)
+
+    def write_config(self, text: str) -> Path:
+        return atomic_write_text(self.config_path, text)
+
+    def write_summary(self, record: dict) -> Path:
+        return atomic_write_json(self.summary_path, record)
+
+    def write_metrics(self, rows: list[dict]) -> Path:
+        return atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_weights(self, state_dict: dict) -> Path:
+        """The network's weights as ``model.safetensors`` (contiguous CPU tensors, no pickle)."""
+        from safetensors.torch import save_file
+
+        sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        return atomic_write(self.weights_path, lambda tmp: save_file(sd, str(tmp)))
+
+    # ------------------------------------------------------------------ reading
+
+    def read_summary(self) -> Optional[dict]:
+        """The summary, or None when the run has none (yet)."""
+        if not self.summary_path.is_file():
+            return None
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (OSError, ValueError) as e:
+            raise LongtailError(f"{self.summary_path} cannot be read ({e}); the run directory is damaged") from None
+
+    def require_config(self) -> Path:
+        if not self.config_path.is_file():
+            raise LongtailError(f"{self.path} has no config.yaml: pass the folder of a longtail run")
+        return self.config_path
+
+    def load_weights(self) -> dict:
+        """The final weights (``model.safetensors``), else the checkpoint's model state."""
+        if self.weights_path.is_file():
+            from safetensors.torch import load_file
+
+            try:
+                return load_file(str(self.weights_path))
+            except Exception as e:  # safetensors raises its own error types for damaged files
+                raise CheckpointError(f"{self.weights_path} is damaged ({e}); re-export it or retrain") from None
+        from longtail.engine.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.checkpoint_path)["model"]
