@@ -33,6 +33,9 @@ GENERATED = ("cifar10", "cifar100", "tinyimagenet", "digits")
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    common.add_argument("--plugin", action="append", default=None, metavar="MODULE",
+                        help="import MODULE (a module name or a .py file) first: it may register methods, datasets, "
+                             "backbones, heads, samplers or augmentation presets; repeatable")
     p = argparse.ArgumentParser(prog="longtail", parents=[common],
                                 description="Long-tailed image recognition: train, evaluate, report.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -246,6 +249,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.plugin:
+            from longtail.registry import load_plugins
+
+            names = load_plugins(args.plugin)
+            if hasattr(args, "overrides"):  # recorded in the run's config, so eval and report find them again
+                args.overrides = list(args.overrides or []) + [f"plugins={','.join(names)}"]
         return COMMANDS[args.command](args)
     except LongtailError as e:
         if args.debug:

@@ -83,6 +83,10 @@ def summary_record(*, kind: str, name: str, tags: dict, metrics: dict, train_cou
             "wall_seconds": float(wall_seconds), **env, "data_verified": bool(data_verified), **(extra or {})}
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"``{name}`` in the run directory")
+
+
 class RunDir:
     """A run directory: paths, the refusal to overwrite a run, atomic writes and reads."""
 
@@ -97,33 +101,13 @@ class RunDir:
 
     # ------------------------------------------------------------------ layout
 
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.path / "checkpoints" / "last.pt"
-
-    @property
-    def weights_path(self) -> Path:
-        return self.path / "model.safetensors"
-
-    @property
-    def tb_path(self) -> Path:
-        return self.path / "tb"
-
-    @property
-    def report_path(self) -> Path:
-        return self.path / "report"
+    config_path = _file("config.yaml")
+    summary_path = _file("summary.json")
+    metrics_path = _file("metrics.jsonl")
+    checkpoint_path = _file("checkpoints/last.pt")
+    weights_path = _file("model.safetensors")
+    tb_path = _file("tb")
+    report_path = _file("report")
 
     # ------------------------------------------------------------------ state
 

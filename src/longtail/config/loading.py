@@ -77,6 +77,21 @@ def _unknown_key(key: str, root: Any = Config) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
+def _number(key: str, value: Any, tp: type) -> Any:
+    """An int or float from a YAML number or a numeric string; bools and fractional ints are refused."""
+    what = "an integer" if tp is int else "a number"
+    if isinstance(value, str):
+        try:
+            value = tp(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be {what} (got {value!r})")
+    if tp is int and not float(value).is_integer():
+        raise ConfigError(f"{key} must be {what} (got {value!r})")
+    return tp(value)
+
+
 def _convert(key: str, value: Any, tp: Any) -> Any:
     """Convert a YAML value to the declared type, or raise ConfigError."""
     origin = typing.get_origin(tp)
@@ -102,30 +117,8 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{key} must be true or false (got {value!r})")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer (got {value!r})")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer (got {value!r})")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number (got {value!r})")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number (got {value!r})")
+    if tp in (int, float):
+        return _number(key, value, tp)
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key} must be a string (got {value!r})")

@@ -7,8 +7,8 @@ of :class:`MethodConfig`) next to its code and registers it (:data:`longtail.reg
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -52,11 +52,34 @@ class ModelConfig:
     width: int = 16  # CIFAR ResNets: channels of the first stage
 
 
+def param(default: Any, *, help: str = "", at_least: Optional[float] = None, above: Optional[float] = None,
+          below: Optional[float] = None, choices: Optional[tuple] = None) -> Any:
+    """A method parameter: its default, one line of help, and its constraints (checked by
+    :meth:`MethodConfig.check`: ``>= at_least``, ``> above``, ``< below``, one of ``choices``)."""
+    return field(default=default, metadata={"help": help, "at_least": at_least, "above": above, "below": below,
+                                            "choices": choices})
+
+
 @dataclass
 class MethodConfig:
-    """The ``method`` section: the method's name; each method's dataclass adds its own parameters."""
+    """The ``method`` section: the method's name; each method's dataclass adds its own parameters, declared
+    with :func:`param` so that their constraints are checked in one place."""
 
     name: str = "ce"
+
+    def check(self) -> None:
+        """Raise ConfigError ``method.<key> must be ...`` for the first parameter that breaks its constraint."""
+        from longtail.errors import ConfigError
+
+        for f in fields(self):
+            m, v = f.metadata, getattr(self, f.name)
+            rules = [(m.get("at_least"), lambda lo: v >= lo, ">= {}"), (m.get("above"), lambda lo: v > lo, "> {}"),
+                     (m.get("below"), lambda hi: v < hi, "< {}")]
+            for bound, ok, what in rules:
+                if bound is not None and not ok(bound):
+                    raise ConfigError(f"method.{f.name} must be {what.format(bound)} (got {v})")
+            if m.get("choices") is not None and v not in m["choices"]:
+                raise ConfigError(f"method.{f.name} must be one of {', '.join(m['choices'])} (got '{v}')")
 
 
 @dataclass

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from longtail import hostsync
 from longtail.data.draws import batch_rows, rand, randint, randn, stacked
-from longtail.data.pil_ops import (GEOMETRIC_OPS, Fill, affine_nearest, apply_ops, autocontrast, brightness,
+from longtail.data.fused_ops import apply_ops
+from longtail.data.pil_ops import (GEOMETRIC_OPS, Fill, affine_nearest, autocontrast, brightness,
                                    check_batch, color, contrast, equalize, fill_tensor, invert, posterize, rotate,
                                    sharpness, shear_x, shear_y, solarize, solarize_add, translate_x, translate_y)
 
@@ -41,22 +42,28 @@ def _signed(offset: Tensor, mag: Tensor, signed: Tensor, negate: Tensor) -> Tens
 
 # ---------------------------------------------------------------------------- AutoAugment
 
+# Cubuk et al. 2019, the CIFAR-10 policy: 25 sub-policies of two (op, probability, magnitude bin 0..9)
+_AA_TABLE = """
+Invert 0.1 7        Contrast 0.2 6      Rotate 0.7 2        TranslateX 0.3 9    Sharpness 0.8 1     Sharpness 0.9 3
+ShearY 0.5 8        TranslateY 0.7 9    AutoContrast 0.5 8  Equalize 0.9 2      ShearY 0.2 7        Posterize 0.3 7
+Color 0.4 3         Brightness 0.6 7    Sharpness 0.3 9     Brightness 0.7 9    Equalize 0.6 5      Equalize 0.5 1
+Contrast 0.6 7      Sharpness 0.6 5     Color 0.7 7         TranslateX 0.5 8    Equalize 0.3 7      AutoContrast 0.4 8
+TranslateY 0.4 3    Sharpness 0.2 6     Brightness 0.9 6    Color 0.2 8         Solarize 0.5 2      Invert 0.0 3
+Equalize 0.2 0      AutoContrast 0.6 0  Equalize 0.2 8      Equalize 0.6 4      Color 0.9 9         Equalize 0.6 6
+AutoContrast 0.8 4  Solarize 0.2 8      Brightness 0.1 3    Color 0.7 0         Solarize 0.4 5      AutoContrast 0.9 3
+TranslateY 0.9 9    TranslateY 0.7 9    AutoContrast 0.9 2  Solarize 0.8 3      Equalize 0.8 8      Invert 0.1 3
+TranslateY 0.7 9    AutoContrast 0.9 1
+"""
+
+
+def _parse_policy(table: str) -> tuple:
+    words = table.split()
+    stages = [(words[i], float(words[i + 1]), int(words[i + 2])) for i in range(0, len(words), 3)]
+    return tuple((stages[i], stages[i + 1]) for i in range(0, len(stages), 2))
+
+
 #: Cubuk et al. 2019, CIFAR-10 policy: 25 sub-policies of two (op, probability, magnitude bin 0..9).
-AA_CIFAR10_POLICY: tuple[tuple[tuple[str, float, int], tuple[str, float, int]], ...] = (
-    (("Invert", 0.1, 7), ("Contrast", 0.2, 6)), (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
-    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)), (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
-    (("AutoContrast", 0.5, 8), ("Equalize", 0.9, 2)), (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
-    (("Color", 0.4, 3), ("Brightness", 0.6, 7)), (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
-    (("Equalize", 0.6, 5), ("Equalize", 0.5, 1)), (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
-    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)), (("Equalize", 0.3, 7), ("AutoContrast", 0.4, 8)),
-    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)), (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
-    (("Solarize", 0.5, 2), ("Invert", 0.0, 3)), (("Equalize", 0.2, 0), ("AutoContrast", 0.6, 0)),
-    (("Equalize", 0.2, 8), ("Equalize", 0.6, 4)), (("Color", 0.9, 9), ("Equalize", 0.6, 6)),
-    (("AutoContrast", 0.8, 4), ("Solarize", 0.2, 8)), (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
-    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, 3)), (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
-    (("AutoContrast", 0.9, 2), ("Solarize", 0.8, 3)), (("Equalize", 0.8, 8), ("Invert", 0.1, 3)),
-    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, 1)),
-)
+AA_CIFAR10_POLICY: tuple[tuple[tuple[str, float, int], tuple[str, float, int]], ...] = _parse_policy(_AA_TABLE)
 _AA_NAMES = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast", "Equalize",
              "Invert", "Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness")
 

@@ -73,43 +73,41 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
     ),
 }
 
-#: Published checksums of the members (PROTOCOL.md §2.1): ``{folder: {file: (algorithm, hex digest)}}``.
-#: Files not listed (``batches.meta.txt``, the label-name text files) carry only class names and are not
-#: verified.
-KNOWN_CHECKSUMS: dict[str, dict[str, tuple[str, str]]] = {
-    "cifar-10-batches-py": {
-        **{
-            f"data_batch_{i + 1}": ("md5", d)
-            for i, d in enumerate((
-                "c99cafc152244af753f735de768cd75f", "d4bba439e000b95fd0a9bffe97cbabec",
-                "54ebc095f3ab1f0389bbae665268c751", "634d18415352ddfa80567beed471001a",
-                "482c414d41f54cd18b22e5b47cb7c3cb",
-            ))
-        },
-        "test_batch": ("md5", "40351d587109b95175f43aff81a1287e"),
-        "batches.meta": ("md5", "5ff9c542aee3614f3951f8cda6e48888"),
-    },
-    "cifar-10-batches-bin": {
-        **{
-            f"data_batch_{i + 1}.bin": ("sha1", d)
-            for i, d in enumerate((
-                "aadd24acce27caa71bf4b10992e9e7b2d74c2540", "c0ba65cce70568cd57b4e03e9ac8d2a5367c1795",
-                "1dd00a74ab1d17a6e7d73e185b69dbf31242f295", "aab85764eb3584312d3c7f65fd2fd016e36a258e",
-                "26e2849e66a845b7f1e4614ae70f4889ae604628",
-            ))
-        },
-        "test_batch.bin": ("sha1", "67eb016db431130d61cd03c7ad570b013799c88c"),
-    },
-    "cifar-100-python": {
-        "train": ("md5", "16019d7e3df5f24257cddd939b257f8d"),
-        "test": ("md5", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
-        "meta": ("md5", "7973b15100ade9c7d40fb424638fde48"),
-    },
-    "cifar-100-binary": {
-        "train.bin": ("sha1", "e207cd2e05b73b1393c74c7f5e7bea451d63e08e"),
-        "test.bin": ("sha1", "8fb6623e830365ff53cf14adec797474f5478006"),
-    },
-}
+# The published checksums of the members (docs/protocol.md §2.1): folder, file, algorithm, hex digest.
+# Files not listed (``batches.meta.txt``, the label-name text files) carry only class names and are not
+# verified.
+_CHECKSUM_TABLE = """
+cifar-10-batches-py   data_batch_1      md5   c99cafc152244af753f735de768cd75f
+cifar-10-batches-py   data_batch_2      md5   d4bba439e000b95fd0a9bffe97cbabec
+cifar-10-batches-py   data_batch_3      md5   54ebc095f3ab1f0389bbae665268c751
+cifar-10-batches-py   data_batch_4      md5   634d18415352ddfa80567beed471001a
+cifar-10-batches-py   data_batch_5      md5   482c414d41f54cd18b22e5b47cb7c3cb
+cifar-10-batches-py   test_batch        md5   40351d587109b95175f43aff81a1287e
+cifar-10-batches-py   batches.meta      md5   5ff9c542aee3614f3951f8cda6e48888
+cifar-10-batches-bin  data_batch_1.bin  sha1  aadd24acce27caa71bf4b10992e9e7b2d74c2540
+cifar-10-batches-bin  data_batch_2.bin  sha1  c0ba65cce70568cd57b4e03e9ac8d2a5367c1795
+cifar-10-batches-bin  data_batch_3.bin  sha1  1dd00a74ab1d17a6e7d73e185b69dbf31242f295
+cifar-10-batches-bin  data_batch_4.bin  sha1  aab85764eb3584312d3c7f65fd2fd016e36a258e
+cifar-10-batches-bin  data_batch_5.bin  sha1  26e2849e66a845b7f1e4614ae70f4889ae604628
+cifar-10-batches-bin  test_batch.bin    sha1  67eb016db431130d61cd03c7ad570b013799c88c
+cifar-100-python      train             md5   16019d7e3df5f24257cddd939b257f8d
+cifar-100-python      test              md5   f0ef6b0ae62326f3e7ffdfab6717acfc
+cifar-100-python      meta              md5   7973b15100ade9c7d40fb424638fde48
+cifar-100-binary      train.bin         sha1  e207cd2e05b73b1393c74c7f5e7bea451d63e08e
+cifar-100-binary      test.bin          sha1  8fb6623e830365ff53cf14adec797474f5478006
+"""
+
+
+def _checksums(table: str) -> dict[str, dict[str, tuple[str, str]]]:
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    for line in table.strip().splitlines():
+        folder, name, algo, digest = line.split()
+        out.setdefault(folder, {})[name] = (algo, digest)
+    return out
+
+
+#: ``{folder: {file: (algorithm, hex digest)}}``
+KNOWN_CHECKSUMS: dict[str, dict[str, tuple[str, str]]] = _checksums(_CHECKSUM_TABLE)
 
 
 @dataclass

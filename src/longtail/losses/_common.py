@@ -43,6 +43,26 @@ def as_class_weight(weight: Optional[CountsLike], name: str = "weight") -> Optio
     return w
 
 
+class ClassWeighted(torch.nn.Module):
+    """A loss with optional per-class weights ``weight`` [C] float32 (a non-persistent buffer) that a schedule
+    can replace with :meth:`set_weight` (DRW)."""
+
+    def __init__(self, weight: Optional[CountsLike] = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", as_class_weight(weight), persistent=False)
+
+    def set_weight(self, weight: Optional[CountsLike]) -> None:
+        """Replace the class weights (None: unweighted).
+
+        The new weights go to the device of the previous ones; with none before, pass them on the
+        training device (forward would otherwise copy them to the logits' device every step).
+        """
+        new = as_class_weight(weight)
+        if new is not None and self.weight is not None:
+            new = new.to(self.weight.device)
+        self.weight = new
+
+
 def check_gamma(gamma: float) -> float:
     if not (isinstance(gamma, (int, float)) and np.isfinite(gamma) and gamma >= 0):
         raise ValueError(f"focal gamma must be a finite number >= 0 (got {gamma!r}); 0 gives plain CE")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from longtail.losses._common import CountsLike, as_class_weight, prepare, weight_on
+from longtail.losses._common import ClassWeighted, CountsLike, prepare, weight_on
 
 
 def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None) -> Tensor:
@@ -23,7 +23,7 @@ def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: Optional[Ten
     return F.cross_entropy(logits, targets, weight=weight_on(weight, logits))
 
 
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(ClassWeighted):
     """Softmax cross-entropy with optional per-class weights (a float32 buffer ``weight`` [C] or None).
 
     ``loss = Σ_i w_{y_i}·CE(s_i, y_i) / Σ_i w_{y_i}``, the mean over the batch when unweighted.
@@ -34,19 +34,7 @@ class CrossEntropyLoss(nn.Module):
     """
 
     def __init__(self, weight: Optional[CountsLike] = None) -> None:
-        super().__init__()
-        self.register_buffer("weight", as_class_weight(weight), persistent=False)
-
-    def set_weight(self, weight: Optional[CountsLike]) -> None:
-        """Replace the class weights (None: unweighted).
-
-        The new weights go to the device of the previous ones; with none before, pass them on the
-        training device (forward would otherwise copy them to the logits' device every step).
-        """
-        new = as_class_weight(weight)
-        if new is not None and self.weight is not None:
-            new = new.to(self.weight.device)
-        self.weight = new
+        super().__init__(weight)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return weighted_cross_entropy(logits, targets, self.weight)

@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from longtail.losses._common import CountsLike, as_class_weight, check_gamma, prepare, weight_on
+from longtail.losses._common import ClassWeighted, CountsLike, check_gamma, prepare, weight_on
 
 PARITIES = ("default", "ldam")
 
@@ -51,7 +51,7 @@ def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 1.0, weight: Opti
     return (w * loss).sum() / w.sum()
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(ClassWeighted):
     """Softmax focal loss with optional class weights (float32 buffer ``weight`` [C] or None).
 
     See :func:`focal_loss` for the two parities. γ = 0 gives (weighted) CE.
@@ -66,23 +66,11 @@ class FocalLoss(nn.Module):
     """
 
     def __init__(self, gamma: float = 1.0, weight: Optional[CountsLike] = None, parity: str = "default") -> None:
-        super().__init__()
+        super().__init__(weight)
         self.gamma = check_gamma(gamma)
         if parity not in PARITIES:
             raise ValueError(f"focal parity must be one of {', '.join(PARITIES)} (got '{parity}')")
         self.parity = parity
-        self.register_buffer("weight", as_class_weight(weight), persistent=False)
-
-    def set_weight(self, weight: Optional[CountsLike]) -> None:
-        """Replace the class weights (None: unweighted).
-
-        The new weights go to the device of the previous ones; with none before, pass them on the
-        training device (forward would otherwise copy them to the logits' device every step).
-        """
-        new = as_class_weight(weight)
-        if new is not None and self.weight is not None:
-            new = new.to(self.weight.device)
-        self.weight = new
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return focal_loss(logits, targets, self.gamma, self.weight, self.parity)

@@ -5,7 +5,7 @@ and ``bbl`` (our reconstruction). :func:`create_method` builds the method of a c
 :func:`register_method` adds your own (see docs/api.md).
 """
 
-from longtail.methods.base import Method, MethodConfig, create_method, list_methods, register_method
+from longtail.methods.base import Method, MethodConfig, create_method, list_methods, param, register_method
 from longtail.methods import bbl, bcl, cb, ce, focal, la, ldam_drw, supcon  # noqa: F401  (registers them)
 from longtail.methods.bbl import BBLConfig
 from longtail.methods.bcl import BCLConfig
@@ -15,5 +15,5 @@ from longtail.methods.focal import FocalConfig
 from longtail.methods.la import LAConfig
 from longtail.methods.ldam_drw import LDAMDRWConfig
 
-__all__ = ["Method", "MethodConfig", "TwoBranch", "create_method", "list_methods", "register_method",
+__all__ = ["Method", "MethodConfig", "param", "TwoBranch", "create_method", "list_methods", "register_method",
            "FocalConfig", "CBConfig", "LDAMDRWConfig", "LAConfig", "ContrastiveConfig", "BCLConfig", "BBLConfig"]

@@ -1,7 +1,7 @@
 """What a method is: its parameters, the views it needs, how it builds its network, and its loss.
 
 Adding a method is one file: a parameter dataclass (a subclass of :class:`MethodConfig` listing the
-method's own config keys, with a ``check()`` that raises ConfigError on bad values) and a
+method's own config keys, each declared with :func:`param`: default, help and constraints) and a
 :class:`Method` subclass decorated with ``@register_method("name")`` whose ``Params`` is that dataclass;
 plus configs. The trainer knows nothing about particular methods. A method in your own module is
 registered the same way and made known with ``plugins: [your_module]`` in the config.
@@ -16,19 +16,23 @@ import torch
 from torch import nn
 
 from longtail.config import Config, MethodConfig, ModelConfig
+from longtail.config.schema import param
 from longtail.data.batches import Batch
 from longtail.errors import ConfigError
 from longtail.models import NetOutput, Network, build_network
 from longtail.registry import METHODS
 
-__all__ = ["Method", "MethodConfig", "register_method", "create_method", "list_methods", "check_value"]
+__all__ = ["Method", "MethodConfig", "param", "register_method", "create_method", "list_methods", "check_value"]
 
 
-def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
-    """Class decorator: register a :class:`Method` subclass as ``method.name = name``."""
+def register_method(name: str, params: type = None) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: register a :class:`Method` subclass as ``method.name = name``, with ``params`` (a
+    :class:`MethodConfig` subclass) as its parameters (default: the class's ``Params``)."""
 
     def deco(cls: type[Method]) -> type[Method]:
         cls.name = name
+        if params is not None:
+            cls.Params = params
         METHODS.register(name, cls)
         return cls
 
@@ -56,8 +60,8 @@ def check_value(ok: bool, key: str, msg: str) -> None:
 class Method(nn.Module):
     """Base recipe: one classification view, plain logits at inference.
 
-    Subclasses set ``self.criterion`` (an ``nn.Module`` loss of ``(logits, targets)``) and may override
-    :meth:`on_epoch_start` for epoch-dependent schedules (e.g. DRW). The method is an ``nn.Module`` so
+    Subclasses return their classification loss from :meth:`make_criterion` (an ``nn.Module`` of
+    ``(logits, targets)``) and may override :meth:`on_epoch_start` for epoch-dependent schedules (e.g. DRW). The method is an ``nn.Module`` so
     that its loss buffers (class counts, priors, weights) move with ``.to(device)``.
 
     Args:
@@ -77,9 +81,14 @@ class Method(nn.Module):
         if (train_counts <= 0).any():
             empty = np.flatnonzero(train_counts <= 0)[:5].tolist()
             raise ConfigError(f"classes {empty} have no training images; every class needs at least one")
-        self.params, self.model_cfg, self.augment = params, model, augment
+        self.params, self.model_cfg, self.augment, self.counts = params, model, augment, train_counts
         self.register_buffer("train_counts", torch.as_tensor(train_counts, dtype=torch.int64), persistent=False)
-        self.criterion: nn.Module = nn.CrossEntropyLoss()
+        self.criterion: nn.Module = self.make_criterion()
+
+    def make_criterion(self) -> nn.Module:
+        """The classification loss ``criterion(logits, targets)`` (built once; ``self.params``,
+        ``self.model_cfg`` and the class counts ``self.counts`` are set)."""
+        return nn.CrossEntropyLoss()
 
     @classmethod
     def presets(cls, params: MethodConfig, augment: str) -> list[str]:

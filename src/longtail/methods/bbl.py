@@ -7,37 +7,25 @@ from dataclasses import dataclass
 
 from longtail.losses import BBLLoss
 from longtail.losses.bbl import GLOBAL_MODES, VARIANTS
-from longtail.methods.base import check_value, register_method
+from longtail.methods.base import param, register_method
 from longtail.methods.contrastive import ContrastiveConfig, TwoBranch
 
 
 @dataclass
 class BBLConfig(ContrastiveConfig):
-    bbl_lambda: float = 1.0  # weight of the local-balance term
-    bbl_gamma: float = 0.5  # exponent of the global class weight Omega
-    bbl_global_mode: str = "reweight"  # reweight | logit_adjust
-    bbl_kappa: float = 1.0  # logit_adjust mode: kappa * log(prior) on the centre logits
-    bbl_variant: str = "r1"  # r1 | r2 | r3 | r4
-    bbl_local_repulsion_only: bool = False
-    bbl_r2_batch_positives: bool = False
-    bbl_queue_size: int = 1024  # r4
-
-    def check(self) -> None:
-        super().check()
-        check_value(self.bbl_lambda >= 0, "bbl_lambda", f"must be >= 0 (got {self.bbl_lambda})")
-        check_value(self.bbl_gamma >= 0, "bbl_gamma", f"must be >= 0 (got {self.bbl_gamma})")
-        check_value(self.bbl_global_mode in GLOBAL_MODES, "bbl_global_mode",
-                    f"must be one of {', '.join(GLOBAL_MODES)} (got '{self.bbl_global_mode}')")
-        check_value(self.bbl_variant in VARIANTS, "bbl_variant",
-                    f"must be one of {', '.join(VARIANTS)} (got '{self.bbl_variant}')")
-        check_value(self.bbl_queue_size >= 1, "bbl_queue_size", f"must be >= 1 (got {self.bbl_queue_size})")
+    bbl_lambda: float = param(1.0, at_least=0, help="weight of the local-balance term")
+    bbl_gamma: float = param(0.5, at_least=0, help="exponent of the global class weight Omega")
+    bbl_global_mode: str = param("reweight", choices=GLOBAL_MODES, help="reweight, or logit_adjust the centres")
+    bbl_kappa: float = param(1.0, at_least=0, help="logit_adjust mode: kappa * log(prior) on the centre logits")
+    bbl_variant: str = param("r1", choices=VARIANTS, help="r1 (default), r2, r3 or r4 (docs/methods/bbl.md)")
+    bbl_local_repulsion_only: bool = param(False, help="lone anchors get the repulsion term (r1, r3, r4)")
+    bbl_r2_batch_positives: bool = param(False, help="r2: add the batch positives to the global positives")
+    bbl_queue_size: int = param(1024, at_least=1, help="r4: the class-balanced queue of extra negatives")
 
 
-@register_method("bbl")
+@register_method("bbl", params=BBLConfig)
 class BBL(TwoBranch):
     """BBL (reconstruction): bi-granularity balance. NOT the authors' method."""
-
-    Params = BBLConfig
 
     def __init__(self, params: BBLConfig, *, train_counts, **kw):
         super().__init__(params, train_counts=train_counts, **kw)

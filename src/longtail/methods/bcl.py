@@ -5,21 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from longtail.losses import BCLLoss
-from longtail.methods.base import register_method
+from longtail.methods.base import param, register_method
 from longtail.methods.contrastive import ContrastiveConfig, TwoBranch
 
 
 @dataclass
 class BCLConfig(ContrastiveConfig):
-    class_averaging: bool = True  # the ablation switches of METHODS §2.3
-    class_complement: bool = True
+    class_averaging: bool = param(True, help="average the negatives per class (BCL's ablation switch)")
+    class_complement: bool = param(True, help="add the class centres to the contrast set (BCL's ablation switch)")
 
 
-@register_method("bcl")
+@register_method("bcl", params=BCLConfig)
 class BCL(TwoBranch):
     """Balanced contrastive learning: class-averaged, class-complemented SupCon with class centres."""
-
-    Params = BCLConfig
 
     def __init__(self, params: BCLConfig, **kw):
         super().__init__(params, **kw)

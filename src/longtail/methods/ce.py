@@ -6,12 +6,9 @@ from longtail.losses import CrossEntropyLoss
 from longtail.methods.base import Method, MethodConfig, register_method
 
 
-@register_method("ce")
+@register_method("ce", params=MethodConfig)
 class CE(Method):
     """Cross-entropy with instance-balanced sampling. No parameters of its own."""
 
-    Params = MethodConfig
-
-    def __init__(self, params, **kw):
-        super().__init__(params, **kw)
-        self.criterion = CrossEntropyLoss()
+    def make_criterion(self):
+        return CrossEntropyLoss()

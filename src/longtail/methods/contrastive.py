@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from longtail.data.batches import Batch
 from longtail.engine import distributed as dist
 from longtail.losses import LogitAdjustedLoss
-from longtail.methods.base import Method, MethodConfig, check_value
+from longtail.methods.base import Method, MethodConfig, param
 from longtail.models import NetOutput
 from longtail.models.contrastive import build_contrastive_network
 
@@ -33,21 +33,14 @@ CL_VIEWS = ("sim-sim", "sim-rand", "rand-rand")
 class ContrastiveConfig(MethodConfig):
     """L = alpha * LA-CE(view 0) + beta * contrastive(views 1, 2)."""
 
-    temperature: float = 0.1
-    alpha: float = 2.0
-    beta: float = 0.6
-    la_tau: float = 1.0  # the logit adjustment of the classification branch
-    proj_hidden: int = 512  # projection / prototype MLP: d -> proj_hidden -> proj_dim
-    proj_dim: int = 128
-    cl_views: str = "sim-sim"  # sim-sim | sim-rand | rand-rand (views 1 and 2)
-
-    def check(self) -> None:
-        check_value(self.temperature > 0, "temperature", f"must be > 0 (got {self.temperature})")
-        check_value(self.alpha >= 0 and self.beta >= 0, "alpha", f"and method.beta must be >= 0 (got {self.alpha}, "
-                                                                  f"{self.beta})")
-        check_value(self.proj_hidden >= 1 and self.proj_dim >= 1, "proj_hidden", "and method.proj_dim must be >= 1")
-        check_value(self.cl_views in CL_VIEWS, "cl_views", f"must be one of {', '.join(CL_VIEWS)} "
-                                                           f"(got '{self.cl_views}')")
+    temperature: float = param(0.1, above=0, help="tau of the contrastive loss")
+    alpha: float = param(2.0, at_least=0, help="weight of the logit-adjusted CE on view 0")
+    beta: float = param(0.6, at_least=0, help="weight of the contrastive loss on views 1 and 2")
+    la_tau: float = param(1.0, at_least=0, help="the logit adjustment of the classification branch")
+    proj_hidden: int = param(512, at_least=1, help="projection / prototype MLP: d -> proj_hidden -> proj_dim")
+    proj_dim: int = param(128, at_least=1, help="embedding size of the contrastive branch")
+    cl_views: str = param("sim-sim", choices=CL_VIEWS, help="the presets of views 1 and 2 (sim: SimCLR-style, "
+                                                            "rand: sim + RandAugment)")
 
 
 class TwoBranch(Method):
@@ -56,9 +49,8 @@ class TwoBranch(Method):
     num_views = 3
     uses_prototypes = True
 
-    def __init__(self, params: ContrastiveConfig, *, train_counts, **kw):
-        super().__init__(params, train_counts=train_counts, **kw)
-        self.criterion = LogitAdjustedLoss(train_counts, tau=params.la_tau)
+    def make_criterion(self):
+        return LogitAdjustedLoss(self.counts, tau=self.params.la_tau)
 
     @classmethod
     def presets(cls, params: ContrastiveConfig, augment: str) -> list[str]:

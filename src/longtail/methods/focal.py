@@ -5,28 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from longtail.losses import FocalLoss
-from longtail.methods.base import Method, MethodConfig, check_value, register_method
+from longtail.methods.base import Method, MethodConfig, param, register_method
 
 FOCAL_PARITIES = ("default", "ldam")
 
 
 @dataclass
 class FocalConfig(MethodConfig):
-    focal_gamma: float = 1.0
-    focal_parity: str = "default"  # default | ldam (LDAM-DRW's variant)
-
-    def check(self) -> None:
-        check_value(self.focal_gamma >= 0, "focal_gamma", f"must be >= 0 (got {self.focal_gamma})")
-        check_value(self.focal_parity in FOCAL_PARITIES, "focal_parity",
-                    f"must be one of {', '.join(FOCAL_PARITIES)} (got '{self.focal_parity}')")
+    focal_gamma: float = param(1.0, at_least=0, help="focusing parameter gamma (1 in the LDAM CIFAR baseline)")
+    focal_parity: str = param("default", choices=FOCAL_PARITIES, help="default, or ldam: LDAM-DRW's variant")
 
 
-@register_method("focal")
+@register_method("focal", params=FocalConfig)
 class Focal(Method):
     """Focal loss with instance-balanced sampling."""
 
-    Params = FocalConfig
-
-    def __init__(self, params: FocalConfig, **kw):
-        super().__init__(params, **kw)
-        self.criterion = FocalLoss(gamma=params.focal_gamma, parity=params.focal_parity)
+    def make_criterion(self):
+        return FocalLoss(gamma=self.params.focal_gamma, parity=self.params.focal_parity)

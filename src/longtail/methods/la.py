@@ -6,23 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from longtail.losses import LogitAdjustedLoss
-from longtail.methods.base import Method, MethodConfig, check_value, register_method
+from longtail.methods.base import Method, MethodConfig, param, register_method
 
 
 @dataclass
 class LAConfig(MethodConfig):
-    la_tau: float = 1.0
-
-    def check(self) -> None:
-        check_value(self.la_tau >= 0, "la_tau", f"must be >= 0 (got {self.la_tau})")
+    la_tau: float = param(1.0, at_least=0, help="tau of the adjustment tau * log(prior); 1 is Balanced Softmax")
 
 
-@register_method("la")
+@register_method("la", params=LAConfig)
 class LogitAdjusted(Method):
     """Logit-adjusted CE with instance-balanced sampling."""
 
-    Params = LAConfig
-
-    def __init__(self, params: LAConfig, *, train_counts, **kw):
-        super().__init__(params, train_counts=train_counts, **kw)
-        self.criterion = LogitAdjustedLoss(train_counts, tau=params.la_tau)
+    def make_criterion(self):
+        return LogitAdjustedLoss(self.counts, tau=self.params.la_tau)

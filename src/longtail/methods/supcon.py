@@ -8,11 +8,10 @@ from longtail.methods.base import register_method
 from longtail.methods.contrastive import ContrastiveConfig, TwoBranch
 
 
-@register_method("supcon")
+@register_method("supcon", params=ContrastiveConfig)
 class SupConLA(TwoBranch):
     """SupCon (no class centres) + LA-CE."""
 
-    Params = ContrastiveConfig
     uses_prototypes = False
 
     def __init__(self, params: ContrastiveConfig, **kw):

@@ -117,29 +117,13 @@ CIFAR_DEPTHS = {"resnet8": 8, "resnet14": 14, "resnet20": 20, "resnet32": 32, "r
                 "resnet56": 56, "resnet110": 110}
 
 
-def resnet8(in_channels: int = 3, width: int = 16) -> CifarResNet:
-    return CifarResNet(8, in_channels, width)
+def _zoo(depth: int):
+    def build(in_channels: int = 3, width: int = 16) -> CifarResNet:
+        return CifarResNet(depth, in_channels, width)
+
+    build.__name__ = build.__qualname__ = f"resnet{depth}"
+    build.__doc__ = f"CIFAR ResNet-{depth}: {(depth - 2) // 6} basic blocks per stage, option-A shortcuts."
+    return build
 
 
-def resnet14(in_channels: int = 3, width: int = 16) -> CifarResNet:
-    return CifarResNet(14, in_channels, width)
-
-
-def resnet20(in_channels: int = 3, width: int = 16) -> CifarResNet:
-    return CifarResNet(20, in_channels, width)
-
-
-def resnet32(in_channels: int = 3, width: int = 16) -> CifarResNet:
-    return CifarResNet(32, in_channels, width)
-
-
-def resnet44(in_channels: int = 3, width: int = 16) -> CifarResNet:
-    return CifarResNet(44, in_channels, width)
-
-
-def resnet56(in_channels: int = 3, width: int = 16) -> CifarResNet:
-    return CifarResNet(56, in_channels, width)
-
-
-def resnet110(in_channels: int = 3, width: int = 16) -> CifarResNet:
-    return CifarResNet(110, in_channels, width)
+resnet8, resnet14, resnet20, resnet32, resnet44, resnet56, resnet110 = (_zoo(d) for d in CIFAR_DEPTHS.values())
