@@ -166,13 +166,14 @@ def test_relation_to_bcl_sets(labels):
     """G⁺ ∪ L⁺ = BCL's P(i), G ∪ (∪_c S_c) = BCL's A \\ {i}, and the global and local parts are disjoint."""
     K, B = 4, len(labels)
     sets = bbl_sets(torch.tensor(labels), K)
-    # targets of BCL's contrast set A: (label, image id or None for a centre), view-major like the anchors
-    targets = [(labels[r % B], r % B) for r in range(2 * B)] + [(k, None) for k in range(K)]
+    # targets of BCL's contrast set A: (label, image id or None for a centre), image-major like the anchors
+    # (row 2i + a is view a of image i, the order of every contrastive loss of the toolbox)
+    targets = [(labels[r // 2], r // 2) for r in range(2 * B)] + [(k, None) for k in range(K)]
     for r in range(2 * B):
-        y, img = labels[r % B], r % B
+        y, img = labels[r // 2], r // 2
         bcl_p = {t for t in range(len(targets)) if t != r and targets[t][0] == y}
         bcl_a = {t for t in range(len(targets)) if t != r}
-        g_pos = {t for t in range(len(targets)) if t == (r + B) % (2 * B) or (targets[t][1] is None and targets[t][0] == y)}
+        g_pos = {t for t in range(len(targets)) if t == r ^ 1 or (targets[t][1] is None and targets[t][0] == y)}
         l_pos = {t for t in range(2 * B) if targets[t][0] == y and targets[t][1] != img}
         s_all = {t for t in range(2 * B) if targets[t][1] != img}
         as_set = {name: set(getattr(sets, name)[r].nonzero().flatten().tolist()) for name in sets._fields}

@@ -1,4 +1,4 @@
-"""Evaluation metrics (PROTOCOL.md §5) as pure functions of fixed-size sufficient statistics.
+"""Evaluation metrics (docs/protocol.md §5) as pure functions of fixed-size sufficient statistics.
 
 A batch of predictions is reduced to three statistics whose size does not depend on the number of
 samples: the confusion matrix, the top-k correct counts and the calibration bins. Every number

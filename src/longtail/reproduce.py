@@ -32,7 +32,7 @@ SUITES_DIR = CONFIGS_DIR / "suites"
 ACCEPT_GAP = 1.0  # a CIFAR result passes at most this many points below its target
 ACCEPT_SEEDS = 3
 
-#: Published CIFAR-10-LT ResNet-32 top-1 targets (docs TARGETS.md §1): (method, rho) -> (value, tag).
+#: Published CIFAR-10-LT ResNet-32 top-1 targets (docs/targets.md §1): (method, rho) -> (value, tag).
 #: Tags: [S] confirmed by a secondary source, [P] commonly cited, unchecked; "goal" = our own goal.
 TARGETS: dict[tuple[str, str, float], tuple[float, str]] = {
     ("cifar10", "ce", 100.0): (70.36, "[S]"), ("cifar10", "ce", 50.0): (74.81, "[S]"),
@@ -353,7 +353,7 @@ def write_results(out: Path, suite: str, jobs: list[Job], seeds: Sequence[int]) 
         parts += ["## All runs (mean ± std over seeds)", "", compare_runs(done), "## Against published targets", "",
                   f"Acceptance rule: at most {ACCEPT_GAP:.1f} point below the target on CIFAR, "
                   f"{ACCEPT_SEEDS}-seed mean, last epoch. gap = ours − target. Targets: CIFAR-10-LT ResNet-32 "
-                  f"from docs TARGETS.md (status tags: [S] confirmed by a secondary source, [P] commonly cited "
+                  f"from docs/targets.md (status tags: [S] confirmed by a secondary source, [P] commonly cited "
                   f"but unchecked; BBL's 86.0 is our own goal, not a paper number). Published values are mostly "
                   f"best-epoch values; ours are last-epoch.", "", table]
         if notes:

@@ -321,14 +321,17 @@ def load_dataclass(cls: type, path: Optional[str | Path] = None, overrides: Opti
 
 
 def from_dict(data: dict) -> Config:
+    """A config from a nested dict (as ``yaml.safe_load`` gives it), without validation."""
     cfg = Config()
     _apply_dict(cfg, data or {}, root=cfg)
     return cfg
 
 
 def to_dict(cfg: Config) -> dict:
+    """The config as a nested dict of plain values."""
     return dataclasses.asdict(cfg)
 
 
 def dump(cfg: Config) -> str:
+    """The config as YAML, keys in declaration order: what a run's ``config.yaml`` holds."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -2,7 +2,7 @@
 
 A small dataset is one uint8 tensor on the device; each batch is augmented with tensor ops over the
 whole batch, a different random draw per sample, and no Python loop over images, no PIL and no
-workers (ARCHITECTURE.md, "The speed design"). The same code runs on CPU and CUDA. Every random op
+workers (docs/architecture.md, "The speed design"). The same code runs on CPU and CUDA. Every random op
 takes a ``torch.Generator`` ``g`` on the batch's device and draws all of its randomness from it, in
 the order its docstring states, so a result is reproducible from the generator state. The draws go
 through :func:`rand` / :func:`randint` / :func:`randn` (:mod:`longtail.data.draws`), which inside

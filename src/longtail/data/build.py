@@ -12,7 +12,7 @@ from longtail.data.base import Dataset
 from longtail.data.splits import check_stored_split, lt_counts, select_lt_indices, shot_summary
 from longtail.errors import ConfigError
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the LDAM convention, used for CIFAR-10 and CIFAR-100 (PROTOCOL §6)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the LDAM convention, used for CIFAR-10 and CIFAR-100 (docs/protocol.md §6)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +42,7 @@ def split_counts(name: str, imbalance: float, profile: str = "exp", step_fractio
 
 
 def split_info(name: str, imbalance: float, profile: str = "exp", step_fraction: float = 0.5) -> dict:
+    """The per-class counts, total and shot groups of a generated split (``longtail data info``)."""
     counts = split_counts(name, imbalance, profile, step_fraction)
     return {"dataset": name, "imbalance": imbalance, "profile": profile, "counts": counts,
             "total": int(sum(counts)), "shots": shot_summary(counts)}

@@ -1,4 +1,4 @@
-"""CIFAR-10 and CIFAR-100 from either official distribution (PROTOCOL.md §2, §2.1).
+"""CIFAR-10 and CIFAR-100 from either official distribution (docs/protocol.md §2, §2.1).
 
 Both the python version (pickled batches) and the binary version (fixed-size records) are read into
 uint8 images ``[N, 32, 32, 3]`` in release order, so both give the same long-tailed split. CIFAR-100

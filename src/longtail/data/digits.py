@@ -6,7 +6,7 @@ The pinned recipe (no network, no files):
    Pixels become uint8 as ``round(v * 255 / 16)``.
 2. Test set: for each class, the last 50 of its images in the bundled order (500 images, balanced).
 3. Train pool: every other image (124 to 133 per class).
-4. Long-tailed train split: the CIFAR-LT recipe (PROTOCOL.md §2) with n_max = 120 and C = 10 over the
+4. Long-tailed train split: the CIFAR-LT recipe (docs/protocol.md §2) with n_max = 120 and C = 10 over the
    pool, split seed 0: class i keeps ``int(120 * (1/rho) ** (i / 9))`` images.
 
 At rho = 10 this gives 120 ... 12 images per class and all three shot groups (1 Many, 7 Medium, 2 Few),

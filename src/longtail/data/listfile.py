@@ -1,4 +1,4 @@
-"""List-file datasets: ImageNet-LT, Places-LT, iNaturalist 2018 (PROTOCOL.md §4).
+"""List-file datasets: ImageNet-LT, Places-LT, iNaturalist 2018 (docs/protocol.md §4).
 
 A list file is UTF-8 text, one sample per line: ``<relative_image_path> <label>``, separated by a single
 space, 0-based integer labels, no header. A blank line at the end is allowed; a blank line elsewhere is an

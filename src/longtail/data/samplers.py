@@ -4,14 +4,14 @@ A sampler turns the training labels into the *global* index order of one epoch. 
 on ``(seed, epoch)``: every epoch draws from its own ``torch.Generator`` seeded with
 ``mix_seed(seed, epoch)``, never from the global RNG or Python's ``random``. So any epoch can be rebuilt
 on its own (this is what makes resuming bit-exact), and every DDP rank computes the same sequence and
-then takes its share of each global batch with :func:`shard` (METHODS.md §0.5: "ranks take disjoint
+then takes its share of each global batch with :func:`shard` (docs/methods.md §0.5: "ranks take disjoint
 shares of one common sequence"). Building an order is once-per-epoch work; the loops over classes below
 never run inside a training step.
 
 Samplers:
 
 * ``instance``: a random permutation of all N samples (every sample once per epoch).
-* ``class_balanced``: the class-aware sampler of Decoupling (cRT/LWS) and DLSA-CBS, METHODS.md §0.5.
+* ``class_balanced``: the class-aware sampler of Decoupling (cRT/LWS) and DLSA-CBS, docs/methods.md §0.5.
   One epoch holds ``n_max * C`` samples.
 * ``sqrt``: class c drawn with probability ``q_c ∝ n_c ** 0.5``, uniform within the class, N samples
   with replacement (Kang et al. 2020, "square-root sampling").
@@ -161,7 +161,7 @@ class InstanceSampler(Sampler):
 
 
 class ClassBalancedSampler(Sampler):
-    """The class-aware sampler of METHODS.md §0.5 (facebookresearch/classifier-balancing semantics).
+    """The class-aware sampler of docs/methods.md §0.5 (facebookresearch/classifier-balancing semantics).
 
     Classes are visited in a cyclic order reshuffled at every wrap; each visit emits ``k`` consecutive
     samples from that class's own cyclic index list, reshuffled at each wrap. One epoch holds

@@ -1,4 +1,4 @@
-"""The pinned long-tailed split recipe (PROTOCOL.md §2-§3) and shot groups (§5).
+"""The pinned long-tailed split recipe (docs/protocol.md §2-§3) and shot groups (§5).
 
 The recipe, for C classes, a head count ``n_max`` and an imbalance factor rho:
 

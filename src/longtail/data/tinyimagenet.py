@@ -1,4 +1,4 @@
-"""Tiny-ImageNet-200 and its long-tailed split (PROTOCOL.md §3).
+"""Tiny-ImageNet-200 and its long-tailed split (docs/protocol.md §3).
 
 Class ``i`` is the ``i``-th wnid in sorted order (the ImageFolder order). The full train list is
 *generated* from the wnids, 500 files per class sorted by name, never taken from a directory listing: a

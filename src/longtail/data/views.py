@@ -3,7 +3,7 @@
 A preset is a registry entry (:data:`longtail.registry.PRESETS`) with two builders: ``view(**settings)``,
 the batched :class:`ViewPipeline` for datasets held on the device, and ``transform(train=..., **settings)``,
 the per-image PIL/torchvision pipeline for DataLoader datasets. The built-in presets compose the ops of
-:mod:`longtail.data.augment` into the views of METHODS.md §2.4 (docs/methods.md); a plugin registers its
+:mod:`longtail.data.augment` into the views of docs/methods.md §2.4 (docs/methods.md); a plugin registers its
 own preset with ``PRESETS.register(name, entry)``, an object with the same two methods.
 """
 
@@ -72,7 +72,7 @@ def _builtin_view(preset: str, *, image_size: int, crop_padding: int, flip: bool
     * ``autoaugment``: crop, flip, AutoAugment CIFAR-10 (grey fill), normalize, cutout
       (``cutout`` px, 16 when 0).
     * ``randaugment``: crop, flip, RandAugment(n, m, mstd; fill = ``mean``), normalize, cutout if > 0.
-    * ``simclr`` (BCL's CIFAR "sim" view, METHODS §2.4): random resized crop (scale 0.2-1), flip,
+    * ``simclr`` (BCL's CIFAR "sim" view, docs/methods.md §2.4): random resized crop (scale 0.2-1), flip,
       colour jitter (0.4, 0.4, 0.4, 0.1; p 0.8), grayscale (p 0.2), Gaussian blur (sigma 0.1-2,
       p 0.5), normalize.
     * ``simclr_rand`` (the "rand" view = sim + RandAugment): the ``simclr`` steps up to the blur,
@@ -146,7 +146,7 @@ def _builtin_transform(preset: str, *, train: bool, image_size: int, crop_paddin
 
     Without ``resize`` (small images) the training presets equal :func:`build_view`'s. A given
     ``resize`` marks a "large" dataset (ImageNet-LT, iNat), whose presets follow the ImageNet rows
-    of METHODS §2.4 (BCL's official transforms):
+    of docs/methods.md §2.4 (BCL's official transforms):
 
     * ``standard``, ``autoaugment``: RandomResizedCrop(image_size) replaces RandomCrop + padding.
     * ``randaugment`` (BCL's v0): RandomResizedCrop(image_size, scale 0.08-1), flip,
@@ -187,7 +187,7 @@ def _builtin_transform(preset: str, *, train: bool, image_size: int, crop_paddin
         head.append(T.ColorJitter(0.4, 0.4, 0.4, 0.0))
     if sim:
         head += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
-        if not large:  # the ImageNet sim view has no blur (METHODS §2.4)
+        if not large:  # the ImageNet sim view has no blur (docs/methods.md §2.4)
             k = max(3, int(0.1 * image_size) // 2 * 2 + 1)
             head.append(T.RandomApply([T.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
     if preset in ("randaugment", "simclr_rand"):

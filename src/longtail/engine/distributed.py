@@ -86,7 +86,7 @@ def all_gather_no_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every rank along dim 0, without gradient (the result is detached).
 
     Use it for labels and metrics. For embeddings in a contrastive loss it changes the gradient:
-    other ranks' losses no longer reach this rank's encoder (METHODS.md §2.6 item 5). On a single
+    other ranks' losses no longer reach this rank's encoder (docs/methods.md §2.6 item 5). On a single
     process it returns ``x.detach()``.
 
     Shape:

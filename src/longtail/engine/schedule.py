@@ -14,7 +14,7 @@ def lr_at(epoch: int, total_epochs: int, o: OptimConfig) -> float:
     * ``step``: ``lr * gamma ** (number of milestones <= e)``; the LDAM recipe is milestones [160, 180]
       with gamma 0.01: ×0.01 for epochs 161-180 and ×0.0001 for 181-200 (1-based);
     * ``cosine``: ``lr * (1 + cos(pi * (e - w) / (E - w))) / 2`` after the warm-up;
-    * ``bcl_cosine`` (BCL's official schedule, METHODS §2.5): ``lr * (1 + cos(pi * (e - w + 1) / (E - w + 1))) / 2``
+    * ``bcl_cosine`` (BCL's official schedule, docs/methods.md §2.5): ``lr * (1 + cos(pi * (e - w + 1) / (E - w + 1))) / 2``
       after the warm-up, so epoch 0 is already slightly decayed and the last lr is not 0;
     * ``constant``: ``lr``.
     """

@@ -1,4 +1,4 @@
-"""Losses for long-tailed training (METHODS.md §0.2, §1, §2, §3).
+"""Losses for long-tailed training (docs/methods.md §0.2, §1, §2, §3).
 
 Every loss is an ``nn.Module`` with ``forward(logits [B, C], targets [B] int64) -> scalar float32``;
 logits of any float dtype are cast to float32 first and class statistics live in buffers. The
@@ -7,6 +7,12 @@ counts, and DRW re-derives its weights from the epoch, so checkpoints never carr
 exceptions are BBL's stateful variants (R3's epoch memory, R4's queue), whose buffers are persistent.
 
 Contrastive losses take ``(embeddings [N, V, D], labels [N][, prototypes [K, D]])``.
+
+Use any of them in your own loop::
+
+    from longtail.losses import LogitAdjustedLoss
+    loss_fn = LogitAdjustedLoss(class_counts, tau=1.0)
+    loss = loss_fn(logits, targets)
 """
 
 from longtail.losses.bbl import BBLLoss, BBLOutput, BBLSets, bbl_class_weights, bbl_sets

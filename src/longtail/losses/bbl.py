@@ -1,12 +1,13 @@
-"""BBL (reconstruction): a bi-granularity balance loss, METHODS.md §3 and docs/methods/bbl.md.
+"""BBL (reconstruction): a bi-granularity balance loss, docs/methods.md §3 and docs/methods/bbl.md.
 
 RECONSTRUCTION NOTICE. Only the abstract of Ren, Li, Wu, Fu, "Bi-granularity Balance Learning"
 (CVIU 261:104469, 2025) could be read. Every formula here is OUR reconstruction of the idea it
 describes (decouple the contrastive attraction/repulsion into a global and a local balance term); it
 is not the authors' loss, and numbers obtained with it are never a reproduction of the paper.
 
-Anchor rows are the 2B contrastive embeddings, ordered view-major: row a·B + i is view a of image i.
-Targets are T = (the 2B batch embeddings, the K centres). Per anchor z with label y (§3.3–3.4):
+Anchor rows are the 2B contrastive embeddings, image-major like every contrastive loss of the toolbox
+(row 2i + a is view a of image i, :mod:`longtail.losses.contrastive`). Targets are the contrast set
+(the 2B batch embeddings, the R4 queue entries, the K centres). Per anchor z with label y (§3.3–3.4):
 
 - global (R1): G⁺ = {other view, μ_y}, G = {other view} ∪ {μ_0 … μ_{K−1}},
   ℓ_GB = −½ Σ_{p∈G⁺} [z·p/τ − logsumexp_{k∈G} z·k/τ], L_GB = (1/2B) Σ Ω(y)·ℓ_GB;
@@ -18,7 +19,6 @@ Targets are T = (the 2B batch embeddings, the K centres). Per anchor z with labe
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 from typing import Any, NamedTuple, Optional
 
@@ -28,6 +28,11 @@ from torch import Tensor, nn
 
 from longtail import hostsync
 from longtail.losses._common import CountsLike, as_counts, class_counts
+from longtail.losses.bbl_terms import (BBLSets, bbl_class_weights, bbl_sets, check_number, global_alignment,
+                                       global_contrast, local_balance)
+from longtail.losses.contrastive import contrast_set
+
+__all__ = ["BBLLoss", "BBLOutput", "BBLSets", "bbl_class_weights", "bbl_sets", "GLOBAL_MODES", "VARIANTS"]
 
 GLOBAL_MODES = ("reweight", "logit_adjust")
 VARIANTS = ("r1", "r2", "r3", "r4")
@@ -42,85 +47,6 @@ class BBLOutput(NamedTuple):
     local_term: Tensor
 
 
-class BBLSets(NamedTuple):
-    """The §3.3–3.4 sets as boolean masks [R, 2B + K] over T = (2B batch embeddings, K centres)."""
-
-    global_pos: Tensor  # G⁺: other view + own centre
-    global_contrast: Tensor  # G: other view + every centre
-    local_pos: Tensor  # L⁺: both views of every other image of the anchor's class
-    local_contrast: Tensor  # ∪_c S_c(i): every batch embedding of another image
-
-
-def _check_number(value: Any, name: str, low: float, strict: bool, hint: str) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (strict and value == low):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low} (got {value!r}); {hint}")
-    return float(value)
-
-
-def bbl_class_weights(counts: CountsLike, gamma: float) -> Tensor:
-    """Global class weight Ω(c) = n_c^(−γ) / w̄ with w̄ = (1/N)·Σ_c n_c·n_c^(−γ) (§3.2), float64.
-
-    Σ_c n_c·Ω(c) = N for every γ, so the expected anchor weight over an epoch is 1; γ = 0 gives Ω ≡ 1,
-    γ = 1 gives every class the same total weight N/C.
-
-    Shape:
-        counts [C] (each > 0) -> [C] float64 on the CPU.
-    """
-    n = as_counts(counts)
-    g = _check_number(gamma, "gamma", 0.0, False, "0 switches the reweighting off, 0.5 is the default")
-    raw = n.pow(-g)
-    return raw * n.sum() / (n * raw).sum()
-
-
-def _batch_patterns(B: int, K: int, device: torch.device) -> dict:
-    """The label-free masks of a batch of B images (2B view-major anchors) and K centres, built once."""
-    def build(name: str, dev: torch.device) -> Tensor:
-        img = torch.arange(B, device=dev).repeat(2)
-        same_img = img[:, None] == img[None, :]
-        other_view = same_img & ~torch.eye(2 * B, dtype=torch.bool, device=dev)
-        no_centre = torch.zeros(2 * B, K, dtype=torch.bool, device=dev)
-        return {"same_img": same_img, "not_same_img": ~same_img,
-                "global_contrast": torch.cat([other_view, ~no_centre], 1),
-                "local_contrast": torch.cat([~same_img, no_centre], 1),
-                "other_view": other_view, "no_centre": no_centre}[name]
-
-    names = ("same_img", "not_same_img", "global_contrast", "local_contrast", "other_view", "no_centre")
-    return {n: hostsync.cached(("bbl_patterns", n, B, K), device, lambda d, n=n: build(n, d)) for n in names}
-
-
-def bbl_sets(labels: Tensor, num_classes: int, rows: Optional[Tensor] = None) -> BBLSets:
-    """Build the BBL sets for anchor rows (default: all 2B) of a batch with ``labels``.
-
-    Their unions are BCL's sets (§2.3): G⁺ ∪ L⁺ = P(i) and G ∪ (∪_c S_c) = A \\ {i}; the two parts
-    are disjoint, which is the decoupling. The label-free masks are built once per batch size.
-
-    Shape:
-        labels [B] int64, rows [R] int64 indices into the 2B view-major anchors -> four bool [R, 2B + K].
-    """
-    B, dev, K = labels.shape[0], labels.device, num_classes
-    Y = labels.repeat(2)
-    pat = _batch_patterns(B, K, dev)
-    classes = hostsync.cached(("arange", K), dev, lambda d: torch.arange(K, device=d))
-    if rows is None:  # every anchor: the batch patterns as they are
-        yr = Y
-        same_img, not_same_img, other_view = pat["same_img"], pat["not_same_img"], pat["other_view"]
-        no_centre, global_contrast, local_contrast = pat["no_centre"], pat["global_contrast"], pat["local_contrast"]
-    else:
-        yr = Y[rows]
-        same_img, other_view, no_centre = pat["same_img"][rows], pat["other_view"][rows], pat["no_centre"][rows]
-        not_same_img = ~same_img
-        global_contrast, local_contrast = pat["global_contrast"][rows], pat["local_contrast"][rows]
-    same_cls = yr[:, None] == Y[None, :]
-    own_centre = yr[:, None] == classes[None, :]
-    return BBLSets(
-        global_pos=torch.cat([other_view, own_centre], 1),
-        global_contrast=global_contrast,
-        local_pos=torch.cat([same_cls & not_same_img, no_centre], 1),
-        local_contrast=local_contrast,
-    )
-
-
 def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     # The similarity matmuls must run in float32 even inside a bf16/fp16 autocast region (§0.2).
     if device.type in ("cpu", "cuda", "xpu"):
@@ -129,7 +55,7 @@ def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 class BBLLoss(nn.Module):
-    """BBL (reconstruction) loss: L_GB + λ·L_LB with the variants R1–R4 of METHODS.md §3.3–3.6.
+    """BBL (reconstruction) loss: L_GB + λ·L_LB with the variants R1–R4 of docs/methods.md §3.3–3.6.
 
     Args:
         counts: training images per class n_c (each ≥ 1), from the full training split.
@@ -199,10 +125,10 @@ class BBLLoss(nn.Module):
                              "switch it off or use variant='r2'")
         if isinstance(queue_size, bool) or not isinstance(queue_size, numbers.Integral) or queue_size < 1:
             raise ValueError(f"queue_size must be an integer >= 1 (got {queue_size!r}); 1024 is the CIFAR value")
-        self.temperature = _check_number(temperature, "temperature", 0.0, True, "BCL/BBL use 0.1 (CIFAR) or 0.07")
-        self.gamma = _check_number(gamma, "gamma", 0.0, False, "0 switches the reweighting off, 0.5 is the default")
-        self.lam = _check_number(lam, "lam", 0.0, False, "1.0 is the default local weight")
-        self.kappa = _check_number(kappa, "kappa", 0.0, False, "1.0 is the default; 0 adds no prior")
+        self.temperature = check_number(temperature, "temperature", 0.0, True, "BCL/BBL use 0.1 (CIFAR) or 0.07")
+        self.gamma = check_number(gamma, "gamma", 0.0, False, "0 switches the reweighting off, 0.5 is the default")
+        self.lam = check_number(lam, "lam", 0.0, False, "1.0 is the default local weight")
+        self.kappa = check_number(kappa, "kappa", 0.0, False, "1.0 is the default; 0 adds no prior")
         self.global_mode, self.variant = global_mode, variant
         self.local_repulsion_only, self.r2_batch_positives = local_repulsion_only, r2_batch_positives
         n = as_counts(counts)
@@ -229,6 +155,7 @@ class BBLLoss(nn.Module):
     # ------------------------------------------------------------------------------------------------
 
     def forward(self, embeddings: Tensor, labels: Tensor, prototypes: Tensor,
+                ref_embeddings: Optional[Tensor] = None, ref_labels: Optional[Tensor] = None,
                 local_range: Optional[tuple[int, int]] = None) -> BBLOutput:
         """Compute the loss; under DDP pass the global batch and this rank's image range.
 
@@ -237,10 +164,14 @@ class BBLLoss(nn.Module):
         the number of qualifying anchors of the whole batch), while L⁺, S_c and the contrast sets use
         the whole batch. So Σ over ranges of (end − start)/B · loss is the full-batch loss, and for the
         equal ranges of DDP ranks the plain mean is: DDP's gradient average is exact. None: all images.
+        ``ref_embeddings``/``ref_labels`` (extra negatives, like R4's queue, which enters the same way) are
+        not supported by the reconstruction's sets and must be None.
 
         Shape:
             embeddings [B, 2, D], labels [B], prototypes [K, D] -> BBLOutput of scalars.
         """
+        if ref_embeddings is not None or ref_labels is not None:
+            raise ValueError("BBLLoss takes no ref_embeddings: its only extra entries are R4's own queue")
         B, D = self._check_inputs(embeddings, labels, prototypes)
         start, end = self._check_range(local_range, B)
         labels, dev, K = labels.long(), embeddings.device, self.num_classes
@@ -249,87 +180,45 @@ class BBLLoss(nn.Module):
             self._prepare_state(D, dev)
         with _autocast_off(dev):
             z = embeddings.to(dtype)
-            E = torch.cat([z[:, 0], z[:, 1]])  # view-major anchors [2B, D]
-            Y = labels.repeat(2)
             n_img = class_counts(labels, K)
-            if (start, end) == (0, B):  # every anchor (one process): no row selection at all
-                rows, Er, yr = None, E, Y
-            else:
-                idx = torch.arange(start, end, device=dev)
-                rows = torch.cat([idx, idx + B])
-                Er, yr = E[rows], Y[rows]
-            sets = bbl_sets(labels, K, rows)
+            queue = self._queue_entries() if self.variant == "r4" else None
+            cs = contrast_set(z, labels, None if queue is None else queue[0], None if queue is None else queue[1],
+                              local_range=(start, end))
             centres, omega = self._centres_and_omega(prototypes.to(dtype))
-            S = Er @ torch.cat([E, centres]).T / self.temperature  # [R, 2B + K]
-            l_gb = self._global_term(S, sets, yr, omega)
-            l_lb = self._local_term(S[:, : 2 * B], Er, sets, Y, yr, 2 * n_img)
+            cs = cs.with_centres(centres)
+            n_queue = 0 if queue is None else queue[1].shape[0]
+            rows = None if (start, end) == (0, B) else cs.rows
+            sets = bbl_sets(labels, K, rows, entry_labels=cs.labels, entry_images=cs.images, n_queue=n_queue)
+            S = cs.similarity(self.temperature)  # [R, 2B + Q + K]
+            Y, yr = cs.labels[:cs.n_batch], cs.anchor_labels
+            l_gb = self._global(S, sets, omega[yr])
+            l_lb = local_balance(S, sets, Y, yr, 2 * n_img, repulsion_only=self.variant == "r2",
+                                 lone_repulsion=self.local_repulsion_only,
+                                 queue=None if queue is None else (queue[1], queue[2], self.queue_len))
             total = l_gb + self.lam * l_lb
         if self.training:
             self._update_state(z.detach(), labels, n_img)
         return BBLOutput(total, l_gb, l_lb)
 
-    def _global_term(self, S: Tensor, sets: BBLSets, yr: Tensor, omega: Tensor) -> Tensor:
-        if self.global_mode == "logit_adjust":
+    def _global(self, S: Tensor, sets: BBLSets, omega_rows: Tensor) -> Tensor:
+        if self.global_mode == "logit_adjust":  # κ·log π_c on every centre logit, positives included
             K = self.num_classes
             shift = torch.zeros(S.shape[1], dtype=S.dtype, device=S.device)
             shift[-K:] = self.kappa * self.log_prior.to(S)
             S = S + shift
-        pos = sets.global_pos
-        if self.variant == "r2":  # pure alignment (no contrast set)
-            if self.r2_batch_positives:
-                pos = pos | sets.local_pos
-            ell = -(S * pos).sum(1) / pos.sum(1)  # S is finite: a product is the masked sum
-        else:  # |G⁺| = 2, so −½ Σ_p (p − lse) = lse − ½ Σ_p p
-            lse = S.masked_fill(~sets.global_contrast, -math.inf).logsumexp(1)
-            ell = lse - 0.5 * (S * pos).sum(1)
-        return (omega[yr] * ell).sum() / S.shape[0]
+        if self.variant == "r2":
+            return global_alignment(S, sets, omega_rows, self.r2_batch_positives)
+        return global_contrast(S, sets, omega_rows)
 
-    def _local_term(self, Sb: Tensor, Er: Tensor, sets: BBLSets, Y: Tensor, yr: Tensor, n_emb: Tensor) -> Tensor:
-        K, nb = self.num_classes, Sb.shape[1]
-        avail = n_emb + self.queue_len if self.variant == "r4" else n_emb  # |S_c|: batch embeddings (+ queue)
-        own = yr[:, None] == Y[None, :]
-        # |S_y(i)| excludes the anchor's two views; own-class queue entries are never used
-        size = torch.where(own, (n_emb[yr] - 2)[:, None], avail[Y][None, :]).to(Sb.dtype)  # log of ints is fp32
-        mask = sets.local_contrast[:, :nb] & ~own if self.variant == "r2" else sets.local_contrast[:, :nb]
-        parts = [(Sb - size.clamp_min(1).log()).masked_fill(~mask, -math.inf)]
-        has_any = mask.any(1)
-        if self.variant == "r4":
-            Q = self.queue.flatten(0, 1).to(Sb.dtype)
-            qy = torch.arange(K, device=Sb.device).repeat_interleave(self.queue_slots)
-            filled = (torch.arange(self.queue_slots, device=Sb.device)[None, :] < self.queue_len[:, None]).flatten()
-            qmask = filled[None, :] & (qy[None, :] != yr[:, None])
-            Sq = Er @ Q.T / self.temperature - avail[qy].to(Sb.dtype).clamp_min(1).log()
-            parts.append(Sq.masked_fill(~qmask, -math.inf))
-            has_any = has_any | qmask.any(1)
-        # rows with an empty denominator get a finite dummy so that no NaN gradient can leak
-        log_d = torch.where(has_any[:, None], torch.cat(parts, 1), 0.0).logsumexp(1)
-        present = avail > 0
-        n_neg = (present.sum() - present[yr].long()).to(Sb.dtype)  # |Y⁻|
-        if self.variant == "r2":
-            ell, use = log_d, n_neg > 0
-        else:
-            lpos = sets.local_pos[:, :nb]
-            n_pos = lpos.sum(1)
-            ell = log_d - (Sb * lpos).sum(1) / n_pos.clamp_min(1)
-            use = n_pos > 0
-            if self.local_repulsion_only:  # lone anchors: S_y(i) = ∅, so log_d covers Y⁻ only
-                lone = ~use & (n_neg > 0)
-                ell = torch.where(lone, log_d - n_neg.clamp_min(1).log(), ell)
-                use = use | lone
-        # L_LB is the mean over the qualifying anchors of the WHOLE batch. With a local_range (this rank's
-        # rows under DDP) the sum over its rows is divided by that count times the rows' share, so the
-        # share-weighted average over ranges (DDP's plain mean over equal shares) is exactly L_LB.
-        # Whether an anchor qualifies depends on counts only: |L⁺| = n_emb[y] − 2 and |Y⁻|.
-        n_neg_all = present.sum() - present[Y].long()
-        if self.variant == "r2":
-            use_all = n_neg_all > 0
-        else:
-            use_all = n_emb[Y] > 2
-            if self.local_repulsion_only:
-                use_all = use_all | (n_neg_all > 0)
-        denom = use_all.sum().to(Sb.dtype) * (Sb.shape[0] / Y.shape[0])
-        # ell is finite on every row (empty denominators got a dummy): a product is the masked sum
-        return (ell * use).sum() / denom.clamp_min(Sb.shape[0] / Y.shape[0])
+    def _queue_entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """R4's queue as reference entries: (embeddings [K·S, D], labels [K·S], filled [K·S])."""
+        K, S = self.num_classes, self.queue_slots
+        dev = self.queue.device
+        labels = hostsync.cached(("bbl_queue_labels", K, S), dev, lambda d: torch.arange(K, device=d)
+                                 .repeat_interleave(S))
+        slots = hostsync.cached(("arange", S), dev, lambda d: torch.arange(S, device=d))
+        filled = (slots[None, :] < self.queue_len[:, None]).flatten()
+        return self.queue.flatten(0, 1), labels, filled
 
     def _centres_and_omega(self, prototypes: Tensor) -> tuple[Tensor, Tensor]:
         dtype = prototypes.dtype

@@ -1,6 +1,6 @@
-"""Balanced contrastive loss (BCL; Zhu et al., arXiv 2207.09052), exactly METHODS.md §2.3.
+"""Balanced contrastive loss (BCL; Zhu et al., arXiv 2207.09052), exactly docs/methods.md §2.3.
 
-The official code's defects (METHODS.md §2.6) are not copied: prototypes are never anchors, the
+The official code's defects (docs/methods.md §2.6) are not copied: prototypes are never anchors, the
 own-class count excludes the anchor, every class count includes its prototype, the per-element weights
 come from a scatter-add + ``gather`` on the device (no Python loop over the 2B + C contrast entries and
 no host sync),
@@ -16,14 +16,7 @@ from torch import Tensor, nn
 
 from longtail import hostsync
 from longtail.losses._common import class_counts
-from longtail.losses.supcon import (
-    anchor_rows,
-    check_reduction,
-    check_temperature,
-    flatten_views,
-    no_autocast,
-    reduce_anchors,
-)
+from longtail.losses.contrastive import check_reduction, check_temperature, contrast_set, no_autocast, reduce_anchors
 
 
 def _check_prototypes(prototypes: Optional[Tensor], dim: int, complement: bool, z: Tensor) -> Optional[Tensor]:
@@ -71,7 +64,7 @@ def _label_counts(target_y: Tensor, num_classes: Optional[int]) -> Tensor:
 
 
 class BCLLoss(nn.Module):
-    """Balanced contrastive loss L_BCL (METHODS.md §2.3).
+    """Balanced contrastive loss L_BCL (docs/methods.md §2.3).
 
     Anchors are the N·V sample embeddings (prototypes never are). The contrast set A is the samples
     plus, with ``class_complement``, the C prototypes (prototype k has label k). With m_k the number
@@ -103,13 +96,14 @@ class BCLLoss(nn.Module):
 
     Shape:
         embeddings [N, V, D] (L2-normalised), labels [N] integer in [0, C), prototypes [C, D]
-        (L2-normalised) or None without the complement, local_range (start, end) or None
+        (L2-normalised) or None without the complement, ref_embeddings [R, D] with ref_labels [R] (extra
+        contrast entries, never anchors) or None, local_range (start, end) or None
         -> scalar, or [N·V] (``[(end − start)·V]`` with ``local_range``) for ``reduction="none"``.
         float32 (float64 for float64 embeddings).
 
     ``local_range=(start, end)``: for DDP. ``embeddings``/``labels`` are the all-gathered global batch
     (``engine.distributed.all_gather_with_grad``); only the anchors of images start..end−1 enter the
-    mean, while the contrast set and the counts m_k use the global batch (METHODS.md §2.6 item 5).
+    mean, while the contrast set and the counts m_k use the global batch (docs/methods.md §2.6 item 5).
     """
 
     def __init__(self, temperature: float = 0.1, class_averaging: bool = True, class_complement: bool = True,
@@ -124,21 +118,18 @@ class BCLLoss(nn.Module):
         self.reduction = check_reduction(reduction)
 
     def forward(self, embeddings: Tensor, labels: Tensor, prototypes: Optional[Tensor] = None,
+                ref_embeddings: Optional[Tensor] = None, ref_labels: Optional[Tensor] = None,
                 local_range: Optional[tuple[int, int]] = None) -> Tensor:
-        z, y = flatten_views(embeddings, labels)
-        protos = _check_prototypes(prototypes, z.shape[1], self.class_complement, z)
+        cs = contrast_set(embeddings, labels, ref_embeddings, ref_labels, local_range)
+        protos = _check_prototypes(prototypes, cs.z.shape[1], self.class_complement, cs.z)
         _check_label_range(labels, None if protos is None else protos.shape[0])
-        r0, r1 = anchor_rows(embeddings.shape[0], embeddings.shape[1], local_range)
         if self.class_complement:
-            targets = torch.cat([z, protos])  # contrast set: N·V samples, then C prototypes
-            target_y = torch.cat([y, torch.arange(protos.shape[0], device=y.device)])
-        else:
-            targets, target_y = z, y
-        with no_autocast(z.device):
-            sim = z[r0:r1] @ targets.T / self.temperature  # [A, M], M = N·V (+ C)
-            cols = torch.arange(targets.shape[0], device=z.device)
-            is_self = cols[None, :] == torch.arange(r0, r1, device=z.device)[:, None]
-            own = y[r0:r1, None] == target_y[None, :]
+            cs = cs.with_centres(protos)  # contrast set: N·V samples (+ references), then C prototypes
+        target_y = cs.labels
+        with no_autocast(cs.z.device):
+            sim = cs.similarity(self.temperature)  # [A, M], M = N·V (+ R) (+ C)
+            is_self = cs.is_self()
+            own = cs.same_label()
             logits = sim
             if self.class_averaging:
                 # m_{label(a)} for every contrast entry a: a scatter-add + gather, no loop over entries.

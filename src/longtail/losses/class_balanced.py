@@ -1,4 +1,4 @@
-"""Class-balanced loss via the effective number of samples (Cui et al., arXiv 1901.05555; METHODS.md §1)."""
+"""Class-balanced loss via the effective number of samples (Cui et al., arXiv 1901.05555; docs/methods.md §1)."""
 
 from __future__ import annotations
 

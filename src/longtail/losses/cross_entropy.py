@@ -1,4 +1,4 @@
-"""(Weighted) softmax cross-entropy (METHODS.md §0.1-§0.2, §1: CE and the DRW switch)."""
+"""(Weighted) softmax cross-entropy (docs/methods.md §0.1-§0.2, §1: CE and the DRW switch)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Softmax focal loss (Lin et al., arXiv 1708.02002; METHODS.md §1 and pitfall 2)."""
+"""Softmax focal loss (Lin et al., arXiv 1708.02002; docs/methods.md §1 and pitfall 2)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 1.0, weight: Opti
 
     ``parity="ldam"`` reproduces kaidic/LDAM-DRW: ce_i = w_{y_i} CE_i (class-weighted, unreduced),
     p_i = exp(−ce_i), loss = mean_i (1 − p_i)^γ ce_i. With weights on, its modulating factor uses the
-    weighted CE and the mean is not normalised by Σw (METHODS.md §1 pitfall 2). Without weights both
+    weighted CE and the mean is not normalised by Σw (docs/methods.md §1 pitfall 2). Without weights both
     parities agree.
 
     Shape:

@@ -1,4 +1,4 @@
-"""Label-distribution-aware margin loss (Cao et al., arXiv 1906.07413; METHODS.md §1)."""
+"""Label-distribution-aware margin loss (Cao et al., arXiv 1906.07413; docs/methods.md §1)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Training adds the (scaled) log prior to the logits inside the loss only; the network's logits never
 contain it, so inference uses the raw argmax. Post-hoc adjustment is the evaluation-time alternative
-for a CE-trained model. Never use both (METHODS.md §1 pitfall 4).
+for a CE-trained model. Never use both (docs/methods.md §1 pitfall 4).
 """
 
 from __future__ import annotations

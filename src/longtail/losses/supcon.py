@@ -1,98 +1,23 @@
-"""Supervised contrastive loss, the "L_out" form (Khosla et al., arXiv 2004.11362; METHODS.md §2.7).
+"""Supervised contrastive loss, the "L_out" form (Khosla et al., arXiv 2004.11362; docs/methods.md §2.7).
 
-It is the reference that BCL reduces to (METHODS.md §2.7) and it is written independently of
-:mod:`longtail.losses.bcl`, so the reduction test compares two different code paths. The input
-checks shared by both contrastive losses live here.
-
-Anchor order: the embeddings ``[N, V, D]`` are flattened image-major, so anchor ``n·V + v`` is view
-``v`` of image ``n``. ``reduction="none"`` returns the per-anchor losses in that order.
+It is the reference that BCL reduces to (docs/methods.md §2.7); the anchors, the contrast set and the
+input checks come from the shared core :mod:`longtail.losses.contrastive` (image-major anchor order:
+anchor ``n·V + v`` is view ``v`` of image ``n``; ``reduction="none"`` returns the per-anchor losses in that
+order).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-from typing import ContextManager, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-REDUCTIONS = ("mean", "none")
+from longtail.losses.contrastive import (anchor_rows, check_reduction, check_temperature, compute_dtype,
+                                         contrast_set, flatten_views, no_autocast, reduce_anchors)
 
-
-def check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0 (got {temperature!r}); "
-                         "0.1 (CIFAR) and 0.07 (ImageNet-LT, iNat) are the published values")
-    return float(temperature)
-
-
-def check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)} (got {reduction!r})")
-    return reduction
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 stays float64 (tests); every other float dtype is computed in float32 (METHODS §0.2)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def flatten_views(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Check ``[N, V, D]`` embeddings and ``[N]`` labels; return image-major anchors and their labels.
-
-    Shape:
-        embeddings [N, V, D] float, labels [N] integer -> ([N·V, D] float32 or float64, [N·V] int64).
-    """
-    if not isinstance(embeddings, Tensor) or embeddings.dim() != 3:
-        got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
-        raise ValueError(f"embeddings must be a [N, V, D] tensor (images, views, dim); got {got}. "
-                         "Stack the views with torch.stack([z1, z2], dim=1)")
-    if not embeddings.dtype.is_floating_point:
-        raise ValueError(f"embeddings must be a float tensor (got dtype {embeddings.dtype})")
-    n, v, d = embeddings.shape
-    if n == 0 or v == 0 or d == 0:
-        raise ValueError(f"embeddings must be non-empty (got shape {tuple(embeddings.shape)})")
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != n:
-        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"labels must be a [N] = [{n}] tensor of class indices, one per image "
-                         f"(not per view); got {got}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be integer class indices (got dtype {labels.dtype})")
-    if labels.device != embeddings.device:
-        raise ValueError(f"labels are on {labels.device} but embeddings on {embeddings.device}; "
-                         "move both to the same device")
-    flat = embeddings.reshape(n * v, d).to(compute_dtype(embeddings))
-    return flat, labels.long().repeat_interleave(v)
-
-
-def anchor_rows(n: int, v: int, local_range: Optional[tuple[int, int]]) -> tuple[int, int]:
-    """Rows ``[r0, r1)`` of the flattened anchors that enter the loss: all views of images start..end-1."""
-    if local_range is None:
-        return 0, n * v
-    ok = isinstance(local_range, (tuple, list)) and len(local_range) == 2 \
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in local_range)
-    if not ok or not 0 <= local_range[0] < local_range[1] <= n:
-        raise ValueError(f"local_range must be a pair (start, end) of image indices with 0 <= start < end <= "
-                         f"N = {n} (got {local_range!r}); use engine.distributed.local_range(n_local)")
-    return local_range[0] * v, local_range[1] * v
-
-
-def no_autocast(device: torch.device) -> ContextManager:
-    """Disable autocast around the similarity matmul, which would otherwise run in bf16/fp16."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except (RuntimeError, ValueError):  # a device type without autocast support: nothing to disable
-        return contextlib.nullcontext()
-
-
-def reduce_anchors(loss: Tensor, valid: Tensor, reduction: str) -> Tensor:
-    """Mean over the anchors that have a positive (no host sync), or the per-anchor vector."""
-    if reduction == "none":
-        return loss
-    return loss.sum() / valid.sum().clamp_min(1)
-
+__all__ = ["SupConLoss", "anchor_rows", "check_reduction", "check_temperature", "compute_dtype", "flatten_views",
+           "no_autocast", "reduce_anchors"]
 
 class SupConLoss(nn.Module):
     """Supervised contrastive loss, L_out form.
@@ -112,7 +37,8 @@ class SupConLoss(nn.Module):
         reduction: ``"mean"`` (scalar) or ``"none"`` (per-anchor losses, image-major order).
 
     Shape:
-        embeddings [N, V, D] (L2-normalised), labels [N] integer, local_range (start, end) or None
+        embeddings [N, V, D] (L2-normalised), labels [N] integer, ref_embeddings [R, D] with ref_labels [R]
+        (extra entries of the contrast set, never anchors) or None, local_range (start, end) or None
         -> scalar, or [N·V] (``[(end − start)·V]`` with ``local_range``) for ``reduction="none"``.
         float32 (float64 for float64 inputs).
 
@@ -126,16 +52,14 @@ class SupConLoss(nn.Module):
         self.temperature = check_temperature(temperature)
         self.reduction = check_reduction(reduction)
 
-    def forward(self, embeddings: Tensor, labels: Tensor,
-                local_range: Optional[tuple[int, int]] = None) -> Tensor:
-        z, y = flatten_views(embeddings, labels)
-        r0, r1 = anchor_rows(embeddings.shape[0], embeddings.shape[1], local_range)
-        with no_autocast(z.device):
-            sim = z[r0:r1] @ z.T / self.temperature  # [A, N·V]
-            cols = torch.arange(z.shape[0], device=z.device)
-            is_self = cols[None, :] == cols[r0:r1, None]
+    def forward(self, embeddings: Tensor, labels: Tensor, ref_embeddings: Optional[Tensor] = None,
+                ref_labels: Optional[Tensor] = None, local_range: Optional[tuple[int, int]] = None) -> Tensor:
+        cs = contrast_set(embeddings, labels, ref_embeddings, ref_labels, local_range)
+        with no_autocast(cs.z.device):
+            sim = cs.similarity(self.temperature)  # [A, M]
+            is_self = cs.is_self()
             log_prob = sim - torch.logsumexp(sim.masked_fill(is_self, float("-inf")), dim=1, keepdim=True)
-            pos = (y[r0:r1, None] == y[None, :]) & ~is_self
+            pos = cs.same_label() & ~is_self
             n_pos = pos.sum(1)
             valid = n_pos > 0
             loss = -torch.where(pos, log_prob, 0.0).sum(1) / n_pos.clamp_min(1)

@@ -1,4 +1,4 @@
-"""BCL: balanced contrastive learning (Zhu et al., CVPR 2022), exactly as METHODS.md §2.3."""
+"""BCL: balanced contrastive learning (Zhu et al., CVPR 2022), exactly as docs/methods.md §2.3."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The two-branch recipe shared by BCL, SupCon + LA and BBL (METHODS.md §2.2).
+"""The two-branch recipe shared by BCL, SupCon + LA and BBL (docs/methods.md §2.2).
 
 Each image gives three views, v0 for classification and v1, v2 for the contrastive branch; all 3B views
 go through the backbone in one pass (so BatchNorm statistics cover all views); the logits of v0 train a
@@ -7,7 +7,7 @@ logit-adjusted CE, the projections of v1 and v2 the contrastive loss:
     L = alpha * CE(s(v0) + log pi, y) + beta * L_contrastive(z(v1), z(v2), y [, class centres])
 
 Under DDP the embeddings and labels are all-gathered with gradient, and each rank averages the loss over
-its own anchors against the global contrast set (METHODS §2.6 item 5).
+its own anchors against the global contrast set (docs/methods.md §2.6 item 5).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Every backbone maps images to pooled features and has an integer ``out_dim``:
 CIFAR ResNets (``resnet8`` ... ``resnet110``) and torchvision ResNets/ResNeXts/wide ResNets are
 registered. Torchvision models are built with random init (``weights=None``; nothing is downloaded), in
 torchvision's v1.5 layout, its Kaiming fan-out init and no zero-init of the blocks' last BN
-(``zero_init_residual=False``, METHODS.md §0.3); their ``fc`` becomes ``nn.Identity``.
+(``zero_init_residual=False``, docs/methods.md §0.3); their ``fc`` becomes ``nn.Identity``.
 
 Register your own with::
 

@@ -1,4 +1,4 @@
-"""The two-branch network of BCL / BBL / SupCon (METHODS.md §2.1).
+"""The two-branch network of BCL / BBL / SupCon (docs/methods.md §2.1).
 
 A shared backbone feeds the classifier (cosine head, sigma = 30 for BCL and BBL) and a projection MLP g;
 a prototype MLP q of the same shape maps each classifier row w_k to a class centre

@@ -1,4 +1,4 @@
-"""Classifier and projection heads (METHODS.md §0.4, §2.1).
+"""Classifier and projection heads (docs/methods.md §0.4, §2.1).
 
 Every classifier stores its weights as C×d rows in ``.weight`` [ours], so code that consumes class
 rows (BCL's prototype MLP, τ-norm, LWS) works for any head type.
@@ -88,7 +88,7 @@ class CosineHead(nn.Module):
 
 
 class ProjectionMLP(nn.Sequential):
-    """Linear(in→hidden) → BatchNorm1d → ReLU → Linear(hidden→out) (METHODS.md §2.1).
+    """Linear(in→hidden) → BatchNorm1d → ReLU → Linear(hidden→out) (docs/methods.md §2.1).
 
     Used for BCL's projection head g and prototype head q. The output is *not* normalised; the caller
     normalises. Layers keep PyTorch's default init.

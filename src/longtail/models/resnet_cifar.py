@@ -1,4 +1,4 @@
-"""CIFAR ResNets (He et al. 2016, §4.2) in the LDAM-DRW convention (METHODS.md §0.3).
+"""CIFAR ResNets (He et al. 2016, §4.2) in the LDAM-DRW convention (docs/methods.md §0.3).
 
 Depth 6n + 2: a 3×3 stem conv (``width`` channels) + BN + ReLU, then three stages of n BasicBlocks with
 ``width``, ``2·width`` and ``4·width`` channels and strides 1, 2, 2, then global average pooling. Where a

@@ -1,4 +1,4 @@
-"""Multi-seed comparison table (PROTOCOL.md §5: mean ± sample standard deviation, per-seed values).
+"""Multi-seed comparison table (docs/protocol.md §5: mean ± sample standard deviation, per-seed values).
 
 Runs are grouped by their configuration identity, which is every tag of the summary except the seed.
 """

@@ -1,6 +1,6 @@
 """Read a run directory and write its report: ``RUN/report/report.md``, ``per_class.csv`` and PNG plots.
 
-The run directory is the contract with the trainer (ARCHITECTURE.md): ``summary.json`` (final metrics
+The run directory is the contract with the trainer (docs/architecture.md): ``summary.json`` (final metrics
 and tags, required), ``metrics.jsonl`` (one JSON object per epoch, optional: without it there are no
 curves) and ``config.yaml`` (the resolved config, optional). This module only reads them.
 """

@@ -1,4 +1,4 @@
-"""DLSA: dynamic label-space adjustment on cached features (METHODS §4; arXiv 2208.02567).
+"""DLSA: dynamic label-space adjustment on cached features (docs/methods.md §4; arXiv 2208.02567).
 
 It works on cached features and knows nothing of images or backbones.
 """

@@ -1,4 +1,4 @@
-"""The cluster-aided and regular classifiers and their BSM training (METHODS §4.6)."""
+"""The cluster-aided and regular classifiers and their BSM training (docs/methods.md §4.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DLSA stage's own config (METHODS §4.7), loaded with :func:`longtail.config.load_dataclass`."""
+"""The DLSA stage's own config (docs/methods.md §4.7), loaded with :func:`longtail.config.load_dataclass`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ BSM_COUNTS = ("all", "subset")
 
 @dataclass
 class DLSAConfig:
-    """Every DLSA hyperparameter. Defaults are the ImageNet-LT PaCo R50 BSM config (METHODS §4.7)."""
+    """Every DLSA hyperparameter. Defaults are the ImageNet-LT PaCo R50 BSM config (docs/methods.md §4.7)."""
 
     # Gaussian-mixture flow and its training (§4.3, §4.4)
     num_clusters: int = 500  # K

@@ -1,4 +1,4 @@
-"""Likelihood filtering, the cluster prior table and cluster statistics (METHODS §4.4, §4.5)."""
+"""Likelihood filtering, the cluster prior table and cluster statistics (docs/methods.md §4.4, §4.5)."""
 
 from __future__ import annotations
 

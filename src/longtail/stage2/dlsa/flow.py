@@ -1,4 +1,4 @@
-"""The masked autoregressive flow of DLSA's Gaussian-mixture flow (METHODS §4.3).
+"""The masked autoregressive flow of DLSA's Gaussian-mixture flow (docs/methods.md §4.3).
 
 T = MADE₁ → BN₁ → MADE₂ → BN₂ keeps the dimension d. Each block returns its output and the log
 |det| of its Jacobian, so log p(x) = log N_mix(T(x)) + Σ log|det|.

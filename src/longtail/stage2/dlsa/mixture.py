@@ -1,4 +1,4 @@
-"""The Gaussian-mixture base density and the full flow model log p(x|k) (METHODS §4.3)."""
+"""The Gaussian-mixture base density and the full flow model log p(x|k) (docs/methods.md §4.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DLSA stage loop on cached features (METHODS §4.1) and its run directory."""
+"""The DLSA stage loop on cached features (docs/methods.md §4.1) and its run directory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training the Gaussian-mixture flow on the active train samples (METHODS §4.4)."""
+"""Training the Gaussian-mixture flow on the active train samples (docs/methods.md §4.4)."""
 
 from __future__ import annotations
 
