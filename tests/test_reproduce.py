@@ -218,3 +218,21 @@ def test_parallel_runner_uses_subprocesses(tmp_path):
         s = summary(j.run_dir)
         assert s["method"] == j.cfg.method.name and s["epochs"] == 1
         assert (out / "logs" / f"{j.name}.attempt1.log").is_file()
+
+
+def test_the_configs_ship_with_the_package():
+    """reproduce reads its suites and configs from the package, so a plain (non-editable) install has them:
+    every YAML file under it is covered by the package-data globs of pyproject.toml."""
+    import fnmatch
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    import longtail
+    from longtail.reproduce import CONFIGS_DIR
+
+    pkg = Path(longtail.__file__).resolve().parent
+    assert CONFIGS_DIR.resolve().parent == pkg and (CONFIGS_DIR / "suites").is_dir()
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["longtail"]
+    files = [p.relative_to(pkg).as_posix() for p in CONFIGS_DIR.rglob("*.yaml")]
+    assert len(files) > 30
+    assert all(any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs) for f in files)

@@ -395,6 +395,6 @@ def evaluate_logits(
     """
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape [N, C] (got {tuple(logits.shape)})")
-    acc = MetricAccumulator(logits.shape[1], ece_bins=ece_bins)
+    acc = MetricAccumulator(logits.shape[1], ece_bins=ece_bins, keep_confusion=False)
     acc.update(logits, targets)
     return acc.compute(train_counts)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -59,7 +59,6 @@ class Dataset:
     image_size: int = 32
     in_channels: int = 3
     verified: bool = True
-    info: dict = field(default_factory=dict)
 
     @property
     def train_counts(self) -> np.ndarray:

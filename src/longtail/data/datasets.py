@@ -59,7 +59,7 @@ def _cifar(dcfg: DataConfig) -> Dataset:
     check_stored_split(name, dcfg.imbalance, dcfg.split_seed, dcfg.profile, idx)
     train = ArraySplit(data.train.images[idx], data.train.labels[idx])
     return Dataset(name, GENERATED[name][1], list(data.class_names), train, data.test, train_indices=idx,
-                   mean=CIFAR_MEAN, std=CIFAR_STD, image_size=32, verified=data.verified, info={"format": data.fmt})
+                   mean=CIFAR_MEAN, std=CIFAR_STD, image_size=32, verified=data.verified)
 
 
 def _tinyimagenet(dcfg: DataConfig) -> Dataset:

@@ -35,7 +35,7 @@ def evaluate(network, method, batches: Iterable, train_counts: np.ndarray, *, nu
     """
     was_training = network.training
     network.eval()
-    acc = MetricAccumulator(num_classes, ece_bins=ece_bins)
+    acc = MetricAccumulator(num_classes, ece_bins=ece_bins, keep_confusion=False)  # not read: not summed
     counts_t = torch.as_tensor(train_counts, dtype=torch.float32, device=device)
     try:
         for batch in batches:

@@ -125,7 +125,7 @@ def select_tau(make_logits: Callable[[float], torch.Tensor], labels: torch.Tenso
 def _metrics(logits: torch.Tensor, labels: torch.Tensor, counts: np.ndarray, ece_bins: int) -> dict:
     from longtail.metrics import MetricAccumulator
 
-    acc = MetricAccumulator(logits.shape[1], ece_bins=ece_bins)
+    acc = MetricAccumulator(logits.shape[1], ece_bins=ece_bins, keep_confusion=False)
     for i in range(0, len(labels), 4096):
         acc.update(logits[i:i + 4096], labels[i:i + 4096])
     return acc.compute(counts)

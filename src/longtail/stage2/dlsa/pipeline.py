@@ -90,7 +90,7 @@ def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Opti
     owner = {s: torch.full((len(y[s]),), -1, dtype=torch.int64) for s in splits if s != "train"}
     test_pred = torch.full((len(y["test"]),), -1, dtype=torch.int64)
     sample_group = shot_group_ids(cache.class_counts)[cache.train.labels]
-    acc = MetricAccumulator(C)
+    acc = MetricAccumulator(C, keep_confusion=False)
     stages: list[dict] = []
     selections: set[str] = set()
     log_file = (out / "metrics.jsonl").open("w")
