@@ -308,3 +308,13 @@ def test_network_extra_heads_and_reset_classifier():
         net.reset_classifier(nn.Identity())
     with pytest.raises(ValueError, match="classifier expects 64-d features"):
         Network(backbone, LinearHead(64, 3))
+
+
+@pytest.mark.parametrize("name,depth", sorted(CIFAR_DEPTHS.items(), key=lambda kv: kv[1]))
+def test_cifar_resnet_zoo_functions(name, depth):
+    import longtail.models as M
+
+    fn = getattr(M, name)
+    assert fn.__name__ == name and str(depth) in fn.__doc__
+    net = fn(in_channels=1, width=4)
+    assert sum(isinstance(m, nn.Conv2d) for m in net.modules()) == depth - 1 and net.conv1.in_channels == 1
