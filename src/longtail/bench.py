@@ -148,10 +148,9 @@ def _load(config_path, overrides: Optional[Sequence[str]], device: str) -> C.Con
 
 def default_workers() -> int:
     """One DataLoader worker per CPU core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    from longtail.engine.devices import usable_cores
+
+    return usable_cores()
 
 
 def run_bench(config_path, *, steps: int = 20, warmup: int = 3, overrides: Optional[Sequence[str]] = None,

@@ -1,18 +1,22 @@
 """The ``longtail`` command line. It parses arguments and calls the library; it has no logic of its own.
 
-    longtail train --config FILE [--out DIR] [--resume DIR] [KEY=VALUE ...]
+    longtail train --config FILE [--out DIR] [--resume DIR] [--overwrite] [KEY=VALUE ...]
     longtail eval RUN_DIR [KEY=VALUE ...]
-    longtail report RUN_DIR
-    longtail compare RUN_DIR [RUN_DIR ...]
+    longtail predict RUN_DIR PATH [PATH ...] [--top-k K] [--out FILE.csv]
+    longtail report RUN_DIR [--out DIR] [--overwrite]
+    longtail compare RUN_DIR [RUN_DIR ...] [--format markdown|csv|json] [--out FILE] [--plot FILE.png]
+    longtail config show CONFIG [KEY=VALUE ...]
     longtail data info NAME --imbalance R [--json]
     longtail data indices NAME --imbalance R [--root DIR]
-    longtail extract RUN_DIR --out DIR [--splits train,val,test]
+    longtail extract RUN_DIR --out DIR [--splits train,val,test] [--overwrite]
     longtail bench CONFIG [--steps N] [--json] [KEY=VALUE ...]
     longtail reproduce SUITE --out DIR [--seeds 0 1 2] [--parallel K]
-    longtail dlsa --features DIR [--config FILE] --out DIR [KEY=VALUE ...]
-    longtail decouple RUN_DIR --method {crt,lws,tau_norm,posthoc_la} --out DIR [--features DIR] [KEY=VALUE ...]
+    longtail dlsa --features DIR [--config FILE] --out DIR [--overwrite] [KEY=VALUE ...]
+    longtail decouple RUN_DIR --method {crt,lws,tau_norm,posthoc_la} --out DIR [--features DIR] [--overwrite] [KEY=VALUE ...]
 
-User errors print one short message and exit non-zero; ``--debug`` shows the traceback.
+Every command that writes refuses to replace a finished output (a run, features, a report, a file)
+unless ``--overwrite`` is given. User errors, file-system errors included, print one line and exit
+non-zero; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -28,15 +32,46 @@ from typing import Optional, Sequence
 from longtail.errors import EXIT_CODES, LongtailError
 
 GENERATED = ("cifar10", "cifar100", "tinyimagenet", "digits")
+OVERWRITE_HELP = "replace an existing finished output (without it, an existing output is refused and kept)"
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a finite float (NaN and infinities are refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (got {text!r})") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number (got {text!r})")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (got {text!r})")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     common.add_argument("--plugin", action="append", default=None, metavar="MODULE",
                         help="import MODULE (a module name or a .py file) first: it may register methods, datasets, "
                              "backbones, heads, samplers or augmentation presets; repeatable")
-    p = argparse.ArgumentParser(prog="longtail", parents=[common],
+    p = _Parser(prog="longtail", parents=[common],
                                 description="Long-tailed image recognition: train, evaluate, report.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -44,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML config file (with --resume: defaults to RUN_DIR/config.yaml)")
     t.add_argument("--out", help="run directory (default: <out_dir>/<name>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in a folder that already holds a run "
+                                                            "(its run files are deleted first)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.05")
 
     e = sub.add_parser("eval", parents=[common], help="re-evaluate a run and check it against summary.json")
@@ -52,11 +89,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="e.g. data.root=/data eval.posthoc_tau=1.0 device=cpu")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
-    r = sub.add_parser("report", parents=[common], help="write RUN_DIR/report/report.md and plots")
-    r.add_argument("run_dir")
+    pr = sub.add_parser("predict", parents=[common], help="top-k predictions of a trained run for image files, as CSV")
+    pr.add_argument("run_dir")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    pr.add_argument("--top-k", type=_positive_int, default=5)
+    pr.add_argument("--out", help="write the CSV to this file (default: standard output)")
+    pr.add_argument("--batch-size", type=_positive_int, default=256)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
-    c = sub.add_parser("compare", parents=[common], help="markdown table, mean ± std over seeds per config")
+    r = sub.add_parser("report", parents=[common], help="write report.md, per_class.csv and figures of a run")
+    r.add_argument("run_dir")
+    r.add_argument("--out", help="folder for the report (default: RUN_DIR/report)")
+    r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+    c = sub.add_parser("compare", parents=[common], help="one row per configuration, mean ± std over its seeds")
     c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"))
+    c.add_argument("--out", help="write the table to this file (default: standard output)")
+    c.add_argument("--plot", metavar="FILE.png", help="also draw the groups' figure (PNG, and a PDF beside it)")
+    c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+    cf = sub.add_parser("config", parents=[common], help="inspect configs")
+    cfsub = cf.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    cs = cfsub.add_parser("show", parents=[common], help="the resolved config: every key, its value, default and help")
+    cs.add_argument("config", help="a YAML config file (may name a base: file)")
+    cs.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     x = sub.add_parser("extract", parents=[common], help="write a run's backbone features to DIR/features_{split}.h5")
     x.add_argument("run_dir")
@@ -66,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--batch-size", type=int, default=512)
     x.add_argument("--device", default="auto")
     x.add_argument("--data-root", default=None, help="where the run's dataset is now (default: the run's data.root)")
+    x.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     dc = sub.add_parser("decouple", parents=[common], help="decoupled stage 2 on a trained run (cRT, LWS, tau-norm, post-hoc LA)")
     dc.add_argument("run_dir")
@@ -73,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     dc.add_argument("--out", required=True, help="the new run directory")
     dc.add_argument("--features", default=None, help="cached features from 'longtail extract' (default: extract now)")
     dc.add_argument("--device", default="auto")
+    dc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     dc.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="stage-2 settings, e.g. epochs=10 lr=0.2 tau=1.0")
 
     b = sub.add_parser("bench", parents=[common], help="training images/s: ours vs a per-image PIL DataLoader, same run")
@@ -99,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--config", default=None, help="DLSA config, e.g. configs/dlsa/cifar_small.yaml")
     dl.add_argument("--out", required=True, help="the new run directory")
     dl.add_argument("--device", default="auto")
+    dl.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     dl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. max_depth=3 llh_proportion=0.3")
 
     d = sub.add_parser("data", parents=[common], help="inspect the long-tailed splits")
@@ -107,9 +168,9 @@ def _parser() -> argparse.ArgumentParser:
                       ("indices", "selected original train indices, one per line, ascending")):
         x = dsub.add_parser(name, parents=[common], help=hlp)
         x.add_argument("name", choices=GENERATED)
-        x.add_argument("--imbalance", type=float, required=True, help="imbalance factor rho >= 1")
+        x.add_argument("--imbalance", type=_finite, required=True, help="imbalance factor rho >= 1")
         x.add_argument("--profile", default="exp", choices=("exp", "step"))
-        x.add_argument("--step-fraction", type=float, default=0.5)
+        x.add_argument("--step-fraction", type=_finite, default=0.5)
         x.add_argument("--split-seed", type=int, default=0)
         if name == "info":
             x.add_argument("--json", action="store_true", help="print JSON with counts, total and shots")
@@ -156,6 +217,14 @@ def _cmd_compare(a) -> int:
 
     print(compare_runs([Path(p) for p in a.run_dirs]))
     return 0
+
+
+def _cmd_config(a) -> int:
+    raise LongtailError("config show is not implemented yet")
+
+
+def _cmd_predict(a) -> int:
+    raise LongtailError("predict is not implemented yet")
 
 
 def _cmd_data(a) -> int:
@@ -235,8 +304,9 @@ def _cmd_dlsa(a) -> int:
     return 0
 
 
-COMMANDS = {"bench": _cmd_bench, "reproduce": _cmd_reproduce, "dlsa": _cmd_dlsa, "train": _cmd_train, "extract": _cmd_extract, "decouple": _cmd_decouple, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare,
-            "data": _cmd_data}
+COMMANDS = {"bench": _cmd_bench, "reproduce": _cmd_reproduce, "dlsa": _cmd_dlsa, "train": _cmd_train,
+            "extract": _cmd_extract, "decouple": _cmd_decouple, "eval": _cmd_eval, "predict": _cmd_predict,
+            "report": _cmd_report, "compare": _cmd_compare, "config": _cmd_config, "data": _cmd_data}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -268,6 +338,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `longtail data indices ... | head`
         return 0
+    except OSError as e:  # the file system refused (a read-only folder, a path through a file, a long name)
+        if args.debug:
+            raise
+        print(f"longtail: error: {os_error_message(e)}", file=sys.stderr)
+        return 74  # EX_IOERR
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a file-system error: what failed, on which path, and what to check."""
+    what = e.strerror or str(e) or type(e).__name__
+    paths = " -> ".join(repr(str(f)) for f in (e.filename, getattr(e, "filename2", None)) if f)
+    where = f" ({paths})" if paths else ""
+    return f"{what}{where}: check the path, that its folders exist and are writable, and the free space"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ class CheckpointError(LongtailError):
     """A checkpoint cannot be read or does not fit the current config."""
 
 
+class OutputExistsError(LongtailError):
+    """A command would replace a finished output (a run, features, a report, a file); nothing was changed."""
+
+
 class NonFiniteLossError(LongtailError):
     """Training produced a NaN or infinite loss."""
 

@@ -12,7 +12,20 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "refuse_overwrite",
+           "OVERWRITE_HINT"]
+
+#: how every refusal to replace an output ends
+OVERWRITE_HINT = "pass --overwrite to replace it (nothing was changed)"
+
+
+def refuse_overwrite(path: str | Path, what: str, overwrite: bool = False) -> None:
+    """Raise :class:`~longtail.errors.OutputExistsError` when ``path`` exists and ``overwrite`` is false: the one
+    way every command refuses to replace a finished output (``what`` says what the path holds)."""
+    from longtail.errors import OutputExistsError
+
+    if not overwrite and Path(path).exists():
+        raise OutputExistsError(f"{path} already holds {what}; {OVERWRITE_HINT}")
 
 
 def _umask_mode() -> int:

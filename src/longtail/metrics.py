@@ -6,7 +6,8 @@ reported (top-1, per-class accuracy, Many/Medium/Few, top-k, ECE) is a function 
 summing them over batches -- or over processes with one all-reduce -- gives exactly the numbers of one
 big batch. Nothing here talks to ``torch.distributed``; the caller reduces :meth:`MetricAccumulator.state`.
 
-Shot groups use the *training* count n_c: Many n_c > 100, Medium 20 <= n_c <= 100, Few n_c < 20. A
+Shot groups use the *training* count n_c: Many n_c > 100, Medium 20 <= n_c <= 100, Few n_c < 20 (the
+protocol's thresholds; :class:`~longtail.data.splits.ShotRule` sets others). A
 group's accuracy is the unweighted mean of a_c over its classes present in the test set; an empty group
 is ``None``, never 0.
 """
@@ -22,7 +23,7 @@ import torch
 
 from longtail import hostsync
 
-from longtail.data.splits import GROUPS, shot_group_ids
+from longtail.data.splits import GROUPS, ShotRule
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[int], Sequence[float]]
 
@@ -88,12 +89,14 @@ def _accuracy_from_counts(total: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return out
 
 
-def shot_group_accuracy(per_class: ArrayLike, train_counts: ArrayLike) -> dict[str, Optional[float]]:
+def shot_group_accuracy(per_class: ArrayLike, train_counts: ArrayLike,
+                        rule: Optional[ShotRule] = None) -> dict[str, Optional[float]]:
     """Many / Medium / Few accuracy: unweighted mean of a_c over the group's classes in the test set.
 
     Args:
         per_class: a_c in percent, NaN for classes absent from the test set.
         train_counts: training images per class, n_c.
+        rule: the group thresholds (default: Many n > 100, Few n < 20).
 
     Returns:
         ``{"many": float | None, "medium": ..., "few": ...}``; ``None`` when the group has no class
@@ -109,7 +112,7 @@ def shot_group_accuracy(per_class: ArrayLike, train_counts: ArrayLike) -> dict[s
             f"per_class has {acc.shape[0]} classes but train_counts has {counts.shape[0]}; "
             "pass the training counts of the same dataset"
         )
-    ids = shot_group_ids(counts)
+    ids = (rule or ShotRule()).ids(counts)
     out: dict[str, Optional[float]] = {}
     for k, name in enumerate(GROUPS):
         vals = acc[(ids == k) & ~np.isnan(acc)]
@@ -342,11 +345,12 @@ class MetricAccumulator:
         st = {n: t.cpu().numpy() for n, t in self._state.items() if n.startswith("calib_")}
         return CalibrationBins(st["calib_count"], st["calib_conf_sum"], st["calib_correct_sum"])
 
-    def compute(self, train_counts: ArrayLike) -> dict[str, Any]:
+    def compute(self, train_counts: ArrayLike, shots: Optional[ShotRule] = None) -> dict[str, Any]:
         """Every metric, as plain Python values (JSON-ready).
 
         Args:
             train_counts: training images per class, for the shot groups.
+            shots: the shot-group thresholds (default: Many n > 100, Few n < 20).
 
         Returns:
             ``top1``, ``top<k>`` for each k, ``many``/``medium``/``few`` (percent or None),
@@ -369,7 +373,7 @@ class MetricAccumulator:
         for kk, hits in zip(self.k, topk):
             if kk != 1:  # top-1 comes from the per-class hits; both use the same prediction
                 out[f"top{kk}"] = float(100.0 * hits / n)
-        out.update(shot_group_accuracy(per_class, counts))
+        out.update(shot_group_accuracy(per_class, counts, shots))
         out["per_class"] = [_none_if_nan(a) for a in per_class]
         bins = self.calibration()
         out["ece"] = ece(bins)
@@ -386,7 +390,8 @@ class MetricAccumulator:
 
 
 def evaluate_logits(
-    logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLike, ece_bins: int = 15
+    logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLike, ece_bins: int = 15,
+    shots: Optional[ShotRule] = None,
 ) -> dict[str, Any]:
     """All metrics of one batch of logits (see :meth:`MetricAccumulator.compute`).
 
@@ -397,4 +402,4 @@ def evaluate_logits(
         raise ValueError(f"logits must have shape [N, C] (got {tuple(logits.shape)})")
     acc = MetricAccumulator(logits.shape[1], ece_bins=ece_bins, keep_confusion=False)
     acc.update(logits, targets)
-    return acc.compute(train_counts)
+    return acc.compute(train_counts, shots)

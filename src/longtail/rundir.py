@@ -59,7 +59,8 @@ def environment(device: str, command: str = "", commit: Optional[str] = None) ->
 
 
 def summary_record(*, kind: str, name: str, tags: dict, metrics: dict, train_counts, class_names,
-                   wall_seconds: float, env: dict, data_verified: bool, extra: Optional[dict] = None) -> dict:
+                   wall_seconds: float, env: dict, data_verified: bool, extra: Optional[dict] = None,
+                   shots=None) -> dict:
     """The ``summary.json`` of every run, one schema for train, decouple and dlsa.
 
     Args:
@@ -71,15 +72,19 @@ def summary_record(*, kind: str, name: str, tags: dict, metrics: dict, train_cou
         train_counts: training images per class; class_names: one per class.
         wall_seconds: training time; env: :func:`environment`; data_verified: checksums were verified.
         extra: kind-specific records (``stage2`` for decouple, ``stages`` for dlsa, ``completed_epochs`` ...).
+        shots: the :class:`~longtail.data.splits.ShotRule` of the Many/Medium/Few metrics (default 100/20);
+            recorded as ``shot_rule``, with ``shots`` (classes per group) and ``imbalance_measured`` (the
+            training split's largest / smallest class count).
     """
-    from longtail.data.splits import shot_summary
+    from longtail.data.splits import ShotRule, measured_imbalance
 
     if kind not in SUMMARY_KINDS:
         raise ValueError(f"kind must be one of {SUMMARY_KINDS} (got {kind!r})")
     counts = [int(c) for c in train_counts]
     return {"kind": kind, "name": name, **tags, **{k: metrics[k] for k in METRIC_KEYS},
             "num_test": metrics.get("num_samples"), "train_counts": counts,
-            "class_names": [str(c) for c in class_names], "shots": shot_summary(counts),
+            "class_names": [str(c) for c in class_names], "shot_rule": (shots or ShotRule()).to_dict(),
+            "shots": (shots or ShotRule()).summary(counts), "imbalance_measured": measured_imbalance(counts),
             "wall_seconds": float(wall_seconds), **env, "data_verified": bool(data_verified), **(extra or {})}
 
 

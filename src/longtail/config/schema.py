@@ -17,8 +17,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 class DataConfig:
     """Dataset, long-tailed split, sampling and augmentation."""
 
-    name: str = "cifar10"
-    root: Optional[str] = None  # else $LONGTAIL_DATA, else ~/.cache/longtail
+    name: str = "cifar10"  # a registered dataset: cifar10 | cifar100 | tinyimagenet | folder | imagenet_lt | ...
+    root: Optional[str] = None  # else $LONGTAIL_DATA, else ~/.cache/longtail; folder: the image folder itself
     imbalance: float = 100.0
     profile: str = "exp"  # exp | step
     step_fraction: float = 0.5  # share of minority classes in the step profile
@@ -36,12 +36,15 @@ class DataConfig:
     sampler: str = "instance"  # a registered sampler: instance | class_balanced | sqrt | progressive
     sampler_k: int = 1  # class_balanced: consecutive samples per class visit
     source: str = "auto"  # auto | memory | loader
-    num_workers: int = 4  # loader source only
+    num_workers: Optional[int] = None  # loader source only; None: one per usable CPU core, at most 8
     train_list: Optional[str] = None  # list-file datasets: ``path label`` lines
     val_list: Optional[str] = None
     test_list: Optional[str] = None
     num_classes: Optional[int] = None  # list-file datasets: checked against the labels
     path_prefix: Optional[str] = None  # list-file datasets: replaces the lists' first path component
+    check_images: bool = True  # file datasets: every image must decode before training (cached per file)
+    image_size: Optional[int] = None  # network input size; None: the dataset's own (CIFAR 32, files 224)
+    long_tailed: bool = False  # folder: subsample a balanced train/ folder with data.imbalance and data.profile
 
 
 @dataclass
@@ -119,6 +122,8 @@ class EvalConfig:
     posthoc_tau: float = 0.0  # post-hoc logit adjustment: argmax(s - tau * log prior)
     ece_bins: int = 15
     batch_size: int = 512
+    many_above: int = 100  # shot groups by training count: Many n > many_above
+    few_below: int = 20  # Few n < few_below; Medium in between
 
 
 @dataclass

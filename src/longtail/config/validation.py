@@ -42,7 +42,8 @@ def validate(cfg: Config) -> Config:
     _check(d.cutout >= 0, f"data.cutout must be >= 0 pixels (got {d.cutout})")
     _check(d.crop_padding is None or d.crop_padding >= 0, f"data.crop_padding must be >= 0 (got {d.crop_padding})")
     _check(d.randaugment_mstd >= 0, f"data.randaugment_mstd must be >= 0 (got {d.randaugment_mstd})")
-    _check(d.num_workers >= 0, f"data.num_workers must be >= 0 (got {d.num_workers})")
+    _check(d.num_workers is None or d.num_workers >= 0, f"data.num_workers must be >= 0 or null (got {d.num_workers})")
+    _check(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8 pixels or null (got {d.image_size})")
     _check(0 <= d.randaugment_m <= 10 and d.randaugment_n >= 0,
            f"data.randaugment_n must be >= 0 and data.randaugment_m in [0, 10] (got {d.randaugment_n}, {d.randaugment_m})")
     _choice("model.head", cfg.model.head, HEADS.names())
@@ -76,6 +77,8 @@ def validate(cfg: Config) -> Config:
     _check(e.posthoc_tau >= 0, f"eval.posthoc_tau must be >= 0 (got {e.posthoc_tau})")
     _check(e.ece_bins >= 1, f"eval.ece_bins must be >= 1 (got {e.ece_bins})")
     _check(e.batch_size >= 1, f"eval.batch_size must be >= 1 (got {e.batch_size})")
+    _check(0 <= e.few_below <= e.many_above + 1, f"eval.few_below must be in [0, eval.many_above + 1] (got "
+           f"few_below={e.few_below}, many_above={e.many_above}): Many n > many_above, Few n < few_below")
     dev = cfg.device
     _check(
         dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),

@@ -15,7 +15,14 @@ from longtail.config import DataConfig
 from longtail.data.base import ArraySplit, Dataset, Split
 from longtail.errors import ConfigError
 
-__all__ = ["view_settings", "train_batches", "eval_batches"]
+__all__ = ["view_settings", "train_batches", "eval_batches", "loader_workers"]
+
+
+def loader_workers(data: DataConfig) -> int:
+    """``data.num_workers``, else one DataLoader worker per usable CPU core, at most 8."""
+    from longtail.engine.devices import usable_cores
+
+    return int(data.num_workers) if data.num_workers is not None else min(8, usable_cores())
 
 
 def view_settings(data: DataConfig, ds: Dataset) -> dict:
@@ -60,7 +67,7 @@ def train_batches(data: DataConfig, ds: Dataset, presets: Sequence[str], *, batc
     if isinstance(ds.train, ArraySplit):
         raise ConfigError("data.source=loader reads image files; this dataset is held in memory: use data.source=memory")
     tfs = [build_torchvision_transform(p, train=True, resize=256, center_crop=224, **kw) for p in presets]
-    return LoaderBatches(ds.train, transforms=tfs, num_workers=data.num_workers, **common)
+    return LoaderBatches(ds.train, transforms=tfs, num_workers=loader_workers(data), **common)
 
 
 def eval_batches(data: DataConfig, ds: Dataset, *, batch_size: int, device: torch.device,
@@ -77,7 +84,7 @@ def eval_batches(data: DataConfig, ds: Dataset, *, batch_size: int, device: torc
                            view=build_view("none", **kw), rank=rank, world_size=world_size)
     tf = build_torchvision_transform("none", train=False, resize=256, center_crop=224, **kw)
     return LoaderEvalBatches(split, transform=tf, batch_size=batch_size, device=device,
-                             num_workers=data.num_workers, rank=rank, world_size=world_size)
+                             num_workers=loader_workers(data), rank=rank, world_size=world_size)
 
 
 def with_split(ds: Dataset, split: Split) -> Dataset:

@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -87,16 +87,63 @@ def select_lt_indices(labels: Sequence[int] | np.ndarray, counts: Sequence[int],
     return np.concatenate(blocks).astype(np.int64) if blocks else np.zeros(0, dtype=np.int64)
 
 
-def shot_group_ids(counts: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Group id per class from its training count: 0 = Many, 1 = Medium, 2 = Few."""
-    counts = np.asarray(counts)
-    return np.where(counts > MANY_ABOVE, 0, np.where(counts >= FEW_BELOW, 1, 2)).astype(np.int64)
+@dataclass(frozen=True)
+class ShotRule:
+    """The shot groups by training count n: Many n > ``many_above``, Medium ``few_below`` <= n <=
+    ``many_above``, Few n < ``few_below``. The protocol's rule is 100 / 20 (the ImageNet-LT convention);
+    ``eval.many_above`` / ``eval.few_below`` set others, e.g. for datasets whose classes all have more
+    than 100 images."""
+
+    many_above: int = MANY_ABOVE
+    few_below: int = FEW_BELOW
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.few_below <= self.many_above + 1):
+            raise ConfigError(f"shot groups need 0 <= eval.few_below <= eval.many_above + 1 "
+                              f"(got few_below={self.few_below}, many_above={self.many_above})")
+
+    @classmethod
+    def of(cls, record: Optional[dict]) -> "ShotRule":
+        """The rule recorded in a summary (``shot_rule``) or a config's ``eval`` section; default if absent."""
+        record = record or {}
+        return cls(int(record.get("many_above", MANY_ABOVE)), int(record.get("few_below", FEW_BELOW)))
+
+    def to_dict(self) -> dict[str, int]:
+        return {"many_above": self.many_above, "few_below": self.few_below}
+
+    def ids(self, counts: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Group id per class from its training count: 0 = Many, 1 = Medium, 2 = Few."""
+        counts = np.asarray(counts)
+        return np.where(counts > self.many_above, 0, np.where(counts >= self.few_below, 1, 2)).astype(np.int64)
+
+    def summary(self, counts: Sequence[int] | np.ndarray) -> dict[str, int]:
+        """Number of Many / Medium / Few classes."""
+        ids = self.ids(counts)
+        return {g: int((ids == k).sum()) for k, g in enumerate(GROUPS)}
+
+    def describe(self) -> str:
+        """E.g. ``Many n > 100, Medium 20 ≤ n ≤ 100, Few n < 20``."""
+        return (f"Many n > {self.many_above}, Medium {self.few_below} ≤ n ≤ {self.many_above}, "
+                f"Few n < {self.few_below}")
 
 
-def shot_summary(counts: Sequence[int] | np.ndarray) -> dict[str, int]:
-    """Number of Many / Medium / Few classes."""
-    ids = shot_group_ids(counts)
-    return {g: int((ids == k).sum()) for k, g in enumerate(GROUPS)}
+def shot_group_ids(counts: Sequence[int] | np.ndarray, rule: Optional[ShotRule] = None) -> np.ndarray:
+    """Group id per class from its training count: 0 = Many, 1 = Medium, 2 = Few (``rule``: 100 / 20)."""
+    return (rule or ShotRule()).ids(counts)
+
+
+def shot_summary(counts: Sequence[int] | np.ndarray, rule: Optional[ShotRule] = None) -> dict[str, int]:
+    """Number of Many / Medium / Few classes (``rule``: 100 / 20)."""
+    return (rule or ShotRule()).summary(counts)
+
+
+def measured_imbalance(counts: Sequence[int] | np.ndarray) -> Optional[float]:
+    """The real imbalance factor of a training split: largest class count / smallest (None when a class
+    has no image)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size == 0 or counts.min() <= 0:
+        return None
+    return float(counts.max()) / float(counts.min())
 
 
 def indices_sha256(indices: np.ndarray) -> str:

@@ -10,7 +10,15 @@ import torch
 
 from longtail.errors import ConfigError
 
-__all__ = ["resolve_device", "device_name", "seed_everything"]
+__all__ = ["resolve_device", "device_name", "seed_everything", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def resolve_device(name: str) -> torch.device:

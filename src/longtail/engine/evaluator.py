@@ -8,9 +8,15 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from longtail.data.splits import ShotRule
 from longtail.engine import distributed as dist
 from longtail.losses import posthoc_adjust
 from longtail.metrics import MetricAccumulator
+
+
+def shot_rule(eval_cfg) -> ShotRule:
+    """The shot groups of a config's ``eval`` section (``many_above``, ``few_below``)."""
+    return ShotRule(int(eval_cfg.many_above), int(eval_cfg.few_below))
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -23,7 +29,7 @@ def autocast_context(device: torch.device, amp: str):
 @torch.no_grad()
 def evaluate(network, method, batches: Iterable, train_counts: np.ndarray, *, num_classes: int,
              device: torch.device, amp: str = "none", posthoc_tau: float = 0.0, ece_bins: int = 15,
-             channels_last: bool = False) -> dict:
+             channels_last: bool = False, shots: ShotRule | None = None) -> dict:
     """Metrics of ``network`` on ``batches`` (the last-epoch headline numbers when called at the end).
 
     ``posthoc_tau > 0`` applies post-hoc logit adjustment, argmax(s - tau log pi), at evaluation only.
@@ -56,7 +62,7 @@ def evaluate(network, method, batches: Iterable, train_counts: np.ndarray, *, nu
         for t in state.values():
             dist.all_reduce_sum_(t)
         acc.load_state(state)
-    return acc.compute(train_counts)
+    return acc.compute(train_counts, shots)
 
 
 def format_table(m: dict) -> str:

@@ -27,7 +27,7 @@ from longtail.data.pipeline import eval_batches, train_batches
 from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import check_shapes, load_checkpoint
 from longtail.engine.devices import device_name, resolve_device, seed_everything
-from longtail.engine.evaluator import evaluate, format_table
+from longtail.engine.evaluator import evaluate, format_table, shot_rule
 from longtail.engine.logging import NullLogger, RunLogger
 from longtail.engine.trainer import Trainer, compile_fn
 from longtail.errors import CheckpointError, ConfigError
@@ -188,7 +188,7 @@ def _train_summary(cfg: C.Config, ds: Dataset, metrics: dict, trainer: Trainer, 
     return summary_record(kind="train", name=C.run_name(cfg), tags=tags, metrics=metrics,
                           train_counts=ds.train_counts, class_names=ds.class_names, wall_seconds=p.wall_seconds,
                           env=environment(device_name(device), command),
-                          data_verified=bool(ds.verified and cfg.data.verify))
+                          data_verified=bool(ds.verified and cfg.data.verify), shots=shot_rule(cfg.eval))
 
 
 def evaluate_run(run_dir: Path, overrides: list[str], echo=print) -> dict:
@@ -212,7 +212,7 @@ def _evaluate_run(rd: RunDir, overrides: list[str], device: torch.device, echo) 
     m = evaluate(pieces.network, pieces.method, pieces.eval_batches, pieces.dataset.train_counts,
                  num_classes=pieces.dataset.num_classes, device=device, amp=cfg.train.amp,
                  posthoc_tau=cfg.eval.posthoc_tau, ece_bins=cfg.eval.ece_bins,
-                 channels_last=cfg.train.channels_last)
+                 channels_last=cfg.train.channels_last, shots=shot_rule(cfg.eval))
     echo(format_table(m))
     s = rd.read_summary()
     if s is not None:

@@ -28,7 +28,7 @@ from longtail.config import Config, to_dict
 from longtail.data.batches import Batch
 from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import save_checkpoint
-from longtail.engine.evaluator import autocast_context, evaluate
+from longtail.engine.evaluator import autocast_context, evaluate, shot_rule
 from longtail.engine.logging import RunLogger, progress_bar
 from longtail.engine.schedule import lr_at
 from longtail.errors import ConfigError, Interrupted, NonFiniteLossError
@@ -263,7 +263,7 @@ class Trainer:
         return evaluate(self.forward, self.method, self.eval_batches, self.train_counts,
                         num_classes=self.num_classes, device=self.device, amp=cfg.train.amp,
                         posthoc_tau=cfg.eval.posthoc_tau, ece_bins=cfg.eval.ece_bins,
-                        channels_last=cfg.train.channels_last)
+                        channels_last=cfg.train.channels_last, shots=shot_rule(cfg.eval))
 
     def _run_epoch(self, epoch: int, guard: _SignalGuard, bar) -> bool:
         """One epoch from ``progress.step_in_epoch``; returns True when ``max_steps`` stopped training."""

@@ -122,13 +122,13 @@ def select_tau(make_logits: Callable[[float], torch.Tensor], labels: torch.Tenso
     return grid[int(np.argmax(scores))], scores
 
 
-def _metrics(logits: torch.Tensor, labels: torch.Tensor, counts: np.ndarray, ece_bins: int) -> dict:
+def _metrics(logits: torch.Tensor, labels: torch.Tensor, counts: np.ndarray, ece_bins: int, shots=None) -> dict:
     from longtail.metrics import MetricAccumulator
 
     acc = MetricAccumulator(logits.shape[1], ece_bins=ece_bins, keep_confusion=False)
     for i in range(0, len(labels), 4096):
         acc.update(logits[i:i + 4096], labels[i:i + 4096])
-    return acc.compute(counts)
+    return acc.compute(counts, shots)
 
 
 def feature_batches(x: torch.Tensor, y: torch.Tensor, cfg: DecoupleConfig) -> Callable[[int], Iterator]:
@@ -297,7 +297,9 @@ def run_decouple(run_dir: str | Path, method: str, out_dir: str | Path, *, featu
         from longtail.losses import posthoc_adjust
 
         logits = posthoc_adjust(logits, counts, posthoc_tau)
-    m = _metrics(logits, test_y, counts, dcfg.ece_bins)
+    from longtail.engine.evaluator import shot_rule
+
+    m = _metrics(logits, test_y, counts, dcfg.ece_bins, shot_rule(cfg.eval))
     if network is not None:  # images mode: save what the frozen backbone holds now (tests check it is unchanged)
         sd = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     _write_outputs(out, src, out_cfg, sd, new_w, new_b, m, stage2, info, counts, log_rows, time.time() - t0,
@@ -349,6 +351,7 @@ def _write_outputs(out, src, cfg: C.Config, sd: dict, w: torch.Tensor, b, m: dic
                    counts: np.ndarray, log_rows: list[dict], wall: float, dev: torch.device, method: str,
                    dcfg: DecoupleConfig) -> None:
     from longtail.engine.devices import device_name
+    from longtail.data.splits import ShotRule
     from longtail.rundir import environment, summary_record
 
     src_summary = src.read_summary() or {}
@@ -372,5 +375,5 @@ def _write_outputs(out, src, cfg: C.Config, sd: dict, w: torch.Tensor, b, m: dic
     out.write_summary(summary_record(kind="decouple", name=cfg.name, tags=tags, metrics=m, train_counts=counts,
                                      class_names=names, wall_seconds=wall, env=environment(device_name(dev)),
                                      data_verified=bool(src_summary.get("data_verified", False)),
-                                     extra={"stage2": stage2}))
+                                     extra={"stage2": stage2}, shots=ShotRule.of(cfg.eval.__dict__)))
 

@@ -153,7 +153,8 @@ def extract_features(run_dir: str | Path, out_dir: str | Path, *, splits: Sequen
             "model_sha256": weights_sha, "holdout": None,
             # tags of the source run, so stage-2 and DLSA runs on these features are labelled like it
             "imbalance": cfg.data.imbalance, "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
-            "augment": cfg.data.augment, "seed": cfg.train.seed, "data_verified": bool(ds.verified and cfg.data.verify)}
+            "augment": cfg.data.augment, "seed": cfg.train.seed, "data_verified": bool(ds.verified and cfg.data.verify),
+            "shot_rule": {"many_above": cfg.eval.many_above, "few_below": cfg.eval.few_below}}
     if holdout_fraction is not None and ds.val is None:
         _, val_idx = holdout_indices(ds.train.labels, holdout_fraction, holdout_seed)
         info["holdout"] = {"fraction": holdout_fraction, "seed": holdout_seed, "size": int(len(val_idx)),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import yaml
 
-from longtail.data.splits import shot_group_ids
+from longtail.data.splits import ShotRule
 from longtail.stage2.dlsa.classifiers import (ClassifierInputs, ClusterAidedClassifier, RegularClassifier, predict,
                                        train_classifier)
 from longtail.stage2.dlsa.config import DLSAConfig, load_dlsa_config
@@ -89,7 +89,8 @@ def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Opti
     active = {s: torch.ones(len(y[s]), dtype=torch.bool) for s in splits}
     owner = {s: torch.full((len(y[s]),), -1, dtype=torch.int64) for s in splits if s != "train"}
     test_pred = torch.full((len(y["test"]),), -1, dtype=torch.int64)
-    sample_group = shot_group_ids(cache.class_counts)[cache.train.labels]
+    shots = ShotRule.of(cache.meta.get("shot_rule"))  # the source run's groups
+    sample_group = shots.ids(cache.class_counts)[cache.train.labels]
     acc = MetricAccumulator(C, keep_confusion=False)
     stages: list[dict] = []
     selections: set[str] = set()
@@ -202,11 +203,11 @@ def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Opti
                  "selection": "best_val" if selections == {"best_val"} else
                  ("last" if selections <= {"last"} else "mixed")})
     counts = [int(c) for c in np.asarray(cache.class_counts)]
-    summary = summary_record(kind="dlsa", name=out.name, tags=tags, metrics=acc.compute(cache.class_counts),
+    summary = summary_record(kind="dlsa", name=out.name, tags=tags, metrics=acc.compute(cache.class_counts, shots),
                              train_counts=counts, wall_seconds=round(time.time() - t0, 3),
                              class_names=meta.get("class_names") or [str(i) for i in range(len(counts))],
                              env=environment(device_name(dev)), data_verified=bool(meta.get("data_verified", True)),
-                             extra={"feature_source": str(features_dir), "stages": stages})
+                             extra={"feature_source": str(features_dir), "stages": stages}, shots=shots)
     path = rd.write_summary(summary)
     echo(f"dlsa: top-1 {summary['top1']:.2f} (many {summary['many']}, medium {summary['medium']}, "
          f"few {summary['few']}); wrote {out}")
