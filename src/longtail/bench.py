@@ -25,7 +25,6 @@ for list-file datasets both pipelines would read files with a DataLoader and the
 from __future__ import annotations
 
 import copy
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
