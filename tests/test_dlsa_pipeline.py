@@ -6,7 +6,6 @@ import math
 import h5py
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from longtail.stage2.dlsa import run_dlsa

@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from longtail import config as C
-from longtail.cli import main
 from longtail.errors import ConfigError
 from longtail.registry import Registry, load_plugins
 
