@@ -156,7 +156,7 @@ def test_ddp_equals_single_process_on_the_same_global_batch(tmp_path, method):
 
 def test_ddp_cli_run_writes_one_run_dir_and_eval_agrees(tmp_path):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("")
+    cfg.write_text("data:\n  name: digits\n")  # an empty config is an error; the overrides set the rest
     out = tmp_path / "runs" / "r"
     r = torchrun(["-m", "longtail", "train", "--config", str(cfg), "--out", str(out), *TINY,
                   "method.name=bcl", "train.epochs=1", "train.eval_every=1",
@@ -234,7 +234,7 @@ def test_init_from_env_rejects_a_bad_world_size(monkeypatch):
 
 def test_sync_bn_on_cpu_processes_is_a_clear_error_and_writes_nothing(tmp_path):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("")
+    cfg.write_text("data:\n  name: digits\n")  # an empty config is an error; the overrides set the rest
     r = torchrun(["-m", "longtail", "train", "--config", str(cfg), "--out", str(tmp_path / "run"), *TINY,
                   "method.name=ce", "train.epochs=1", "train.sync_bn=true"], check=False)
     assert r.returncode != 0
@@ -281,7 +281,7 @@ def _worker_pids(parent: int) -> dict[int, int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc")
 def test_a_signal_to_one_rank_stops_all_ranks_with_a_checkpoint_and_resume_finishes(tmp_path):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("")
+    cfg.write_text("data:\n  name: digits\n")  # an empty config is an error; the overrides set the rest
     out = tmp_path / "run"
     over = [*TINY, "method.name=ce", "train.epochs=300", "train.eval_every=0"]
     proc = subprocess.Popen(torchrun_cmd(["-m", "longtail", "train", "--config", str(cfg), "--out", str(out),

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import yaml
 
 from longtail import config as C
+from longtail.config.yamlio import read_yaml_file
 from longtail.fileio import atomic_write_text
 from longtail.errors import LongtailError
 
@@ -83,7 +83,10 @@ def load_suite(suite: str, seeds: Sequence[int], overrides: Optional[Sequence[st
                device: str) -> list[Job]:
     """Expand a suite into one job per config × imbalance × seed (configs are validated here, before any run)."""
     path = suite_path(suite)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml_file(path, "suite file")  # strict: a key given twice is an error
+    if data is None:
+        raise LongtailError(f"{path} is empty: a suite needs a non-empty 'entries' list of {{config, overrides, "
+                            f"imbalance}}")
     entries = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise LongtailError(f"{path}: a suite needs a non-empty 'entries' list of {{config, overrides, imbalance}}")

@@ -1,15 +1,18 @@
 """Reading configs: YAML files and dotted overrides, converted by the fields' declared types.
 
-YAML is read with ``yaml.safe_load``; an override ``optim.lr=0.05`` is parsed as a YAML scalar and
-converted by the field's type, never evaluated. Unknown keys are errors naming the nearest valid key.
-The ``method`` section is typed by the selected method: its keys are the parameters that method
-declares (``plugins`` are imported first, so a plugin's method is known by then).
+YAML is read by a strict safe loader (:mod:`longtail.config.yamlio`: a key given twice is an error); a
+file may inherit from ``base:`` files (:mod:`longtail.config.inherit`); an empty file is an error. An
+override ``optim.lr=0.05`` is parsed as a YAML scalar and converted by the field's type, never
+evaluated. Numbers must be finite (no NaN or infinity, however written). Unknown keys are errors naming
+the nearest valid key. The ``method`` section is typed by the selected method: its keys are the
+parameters that method declares (``plugins`` are imported first, so a plugin's method is known by then).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,7 +20,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from longtail.config.inherit import BASE_KEY, read_config_file
 from longtail.config.schema import Config, MethodConfig
+from longtail.config.yamlio import parse_override
 from longtail.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------
@@ -78,18 +83,26 @@ def _unknown_key(key: str, root: Any = Config) -> ConfigError:
 
 
 def _number(key: str, value: Any, tp: type) -> Any:
-    """An int or float from a YAML number or a numeric string; bools and fractional ints are refused."""
+    """An int or float from a YAML number or a numeric string; bools, fractional ints and non-finite
+    numbers (``.nan``, ``.inf``, ``"nan"``, ``"1e999"``, ...) are refused."""
     what = "an integer" if tp is int else "a number"
     if isinstance(value, str):
-        try:
-            value = tp(value)
-        except ValueError:
-            pass
+        for conv in (tp, float):  # float too: "nan" or "1e999" for an int key is refused as non-finite
+            try:
+                value = conv(value.strip())
+                break
+            except ValueError:
+                pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be {what} (got {value!r})")
-    if tp is int and not float(value).is_integer():
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number (got {value}); NaN and infinity are not allowed")
+    if tp is int and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"{key} must be {what} (got {value!r})")
-    return tp(value)
+    try:
+        return tp(value)
+    except OverflowError:  # an integer beyond the float range
+        raise ConfigError(f"{key} must be a finite number (got an integer of {len(str(value))} digits)") from None
 
 
 def _convert(key: str, value: Any, tp: Any) -> Any:
@@ -214,6 +227,8 @@ def _apply_dict(obj: Any, data: dict, prefix: str = "", root: Any = Config) -> N
         _load_plugins(obj)
     for k, v in data.items():
         key = prefix + str(k)
+        if key == BASE_KEY and k not in types_:
+            raise _base_outside_files()
         if k not in types_:
             raise _unknown_key(key, root)
         if isinstance(obj, Config) and k == "method":
@@ -235,8 +250,10 @@ def _load_plugins(cfg: Config) -> None:
 def set_key(cfg: Any, key: str, raw: str) -> None:
     """Apply one dotted override to a config dataclass, ``raw`` being the text after ``=``."""
     parts = key.split(".")
+    if key == BASE_KEY and BASE_KEY not in _field_types(type(cfg)):
+        raise _base_outside_files()
     if isinstance(cfg, Config) and parts[0] == "method" and len(parts) == 2:
-        value = raw if parts[1] == "name" else _scalar(raw)
+        value = raw if parts[1] == "name" else parse_override(raw, key)
         _apply_method(cfg, {parts[1]: value}, name=raw.strip() if parts[1] == "name" else None)
         return
     obj: Any = cfg
@@ -248,7 +265,7 @@ def set_key(cfg: Any, key: str, raw: str) -> None:
         if i == len(parts) - 1:
             if _is_dataclass_type(tp):
                 raise ConfigError(f"'{key}' is a section; set one of its keys, e.g. '{all_keys(tp, key + '.')[0]}=...'")
-            value = raw if tp is str or typing.get_args(tp) == (str, type(None)) else _scalar(raw)
+            value = raw if tp is str or typing.get_args(tp) == (str, type(None)) else parse_override(raw, key)
             if isinstance(obj, Config) and p == "plugins":  # an override adds plugins to the config's own
                 obj.plugins = list(obj.plugins) + _convert(key, value, tp)
                 _load_plugins(obj)
@@ -258,13 +275,6 @@ def set_key(cfg: Any, key: str, raw: str) -> None:
         if not _is_dataclass_type(tp):
             raise _unknown_key(key, cfg)
         obj = getattr(obj, p)
-
-
-def _scalar(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        return raw
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
@@ -286,24 +296,34 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
 # files
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config sections (got {type(data).__name__})")
-    return data or {}
+def _base_outside_files() -> ConfigError:
+    return ConfigError("'base' (files to inherit from) can only be given in a YAML config file, not in an "
+                       "override or a dict")
+
+
+EMPTY_CONFIG = ("a config needs at least one section (e.g. data: and method:) or a base: file to inherit "
+                "from; an empty config would silently train every default (200 epochs of CIFAR-10-LT)")
+
+
+def _read_yaml(path: Path, cls: type = Config) -> tuple[dict, list[Path]]:
+    """The mapping of a config file with its ``base:`` files merged in, and the files read."""
+    hint = EMPTY_CONFIG if cls is Config else f"give at least one {cls.__name__} key, or no file at all"
+    return read_config_file(path, hint)
 
 
 def load_dataclass(cls: type, path: Optional[str | Path] = None, overrides: Optional[list[str]] = None):
     """Load any config dataclass (e.g. a stage's own config) from YAML + dotted overrides, with the
-    same typed conversion and nearest-key errors as :func:`load` (without its validation). For a
-    :class:`Config`, ``plugins=...`` overrides are imported before the file is read (they may register
-    the file's method)."""
+    same typed conversion and nearest-key errors as :func:`load` (without its validation). The file may
+    inherit from ``base:`` files; an empty file is an error. For a :class:`Config`, ``plugins=...``
+    overrides are imported before the file is read (they may register the file's method)."""
+    return load_with_files(cls, path, overrides)[0]
+
+
+def load_with_files(cls: type, path: Optional[str | Path] = None,
+                    overrides: Optional[list[str]] = None) -> tuple[Any, list[Path]]:
+    """:func:`load_dataclass`, and the files it read (bases first, the file itself last)."""
     obj = cls()
+    files: list[Path] = []
     overrides = list(overrides or [])
     if isinstance(obj, Config):
         for ov in overrides:
@@ -311,13 +331,13 @@ def load_dataclass(cls: type, path: Optional[str | Path] = None, overrides: Opti
                 set_key(obj, "plugins", ov.split("=", 1)[1].strip())
         overrides = [ov for ov in overrides if ov.split("=", 1)[0].strip() != "plugins"]
     if path is not None:
-        data = _read_yaml(Path(path))
+        data, files = _read_yaml(Path(path), cls)
         if isinstance(obj, Config):  # method.name from the command line decides the file's method keys
             name = [ov.split("=", 1)[1].strip() for ov in overrides if ov.split("=", 1)[0].strip() == "method.name"]
             if name and isinstance(data.get("method"), dict):
                 data = dict(data, method=dict(data["method"], name=name[-1]))
         _apply_dict(obj, data, root=obj)
-    return apply_overrides(obj, overrides)
+    return apply_overrides(obj, overrides), files
 
 
 def from_dict(data: dict) -> Config:
@@ -325,6 +345,19 @@ def from_dict(data: dict) -> Config:
     cfg = Config()
     _apply_dict(cfg, data or {}, root=cfg)
     return cfg
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: ``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}`` (lists and
+    empty mappings stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def to_dict(cfg: Config) -> dict:

@@ -8,51 +8,78 @@ of :class:`MethodConfig`) next to its code and registers it (:data:`longtail.reg
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def key(default: Any = None, *, help: str, factory: Optional[Callable[[], Any]] = None) -> Any:
+    """A config key: its default (or ``factory`` for a mutable one, e.g. a list) and one line of help,
+    which ``longtail config show`` and the key reference print."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, *, help: str) -> Any:
+    """A section of :class:`Config`: a dataclass of keys, with one line of help."""
+    return field(default_factory=cls, metadata={"help": help})
 
 
 @dataclass
 class DataConfig:
     """Dataset, long-tailed split, sampling and augmentation."""
 
-    name: str = "cifar10"  # a registered dataset: cifar10 | cifar100 | tinyimagenet | folder | imagenet_lt | ...
-    root: Optional[str] = None  # else $LONGTAIL_DATA, else ~/.cache/longtail; folder: the image folder itself
-    imbalance: float = 100.0
-    profile: str = "exp"  # exp | step
-    step_fraction: float = 0.5  # share of minority classes in the step profile
-    split_seed: int = 0  # fixed at 0 by the protocol; separate from train.seed
-    format: str = "auto"  # CIFAR: auto | python | binary
-    download: bool = True
-    verify: bool = True  # verify published checksums of local files (cached after the first time)
-    augment: str = "standard"  # a registered preset: none | standard | autoaugment | randaugment | simclr | ...
-    crop_padding: Optional[int] = None  # None: the dataset's default (CIFAR 4, Tiny 8, digits 1)
-    flip: Optional[bool] = None  # None: the dataset's default (False for digits)
-    cutout: int = 0  # cutout square size in pixels; 0 = off
-    randaugment_n: int = 2
-    randaugment_m: int = 10
-    randaugment_mstd: float = 0.0  # std of the RandAugment magnitude (timm's mstd; BCL ImageNet: 0.5)
-    sampler: str = "instance"  # a registered sampler: instance | class_balanced | sqrt | progressive
-    sampler_k: int = 1  # class_balanced: consecutive samples per class visit
-    source: str = "auto"  # auto | memory | loader
-    num_workers: Optional[int] = None  # loader source only; None: one per usable CPU core, at most 8
-    train_list: Optional[str] = None  # list-file datasets: ``path label`` lines
-    val_list: Optional[str] = None
-    test_list: Optional[str] = None
-    num_classes: Optional[int] = None  # list-file datasets: checked against the labels
-    path_prefix: Optional[str] = None  # list-file datasets: replaces the lists' first path component
-    check_images: bool = True  # file datasets: every image must decode before training (cached per file)
-    image_size: Optional[int] = None  # network input size; None: the dataset's own (CIFAR 32, files 224)
-    long_tailed: bool = False  # folder: subsample a balanced train/ folder with data.imbalance and data.profile
+    name: str = key("cifar10", help="a registered dataset: cifar10 | cifar100 | tinyimagenet | folder | "
+                                     "imagenet_lt | ... (plugins add more)")
+    root: Optional[str] = key(None, help="data folder; null: $LONGTAIL_DATA, else ~/.cache/longtail (folder: the "
+                                         "image folder itself)")
+    imbalance: float = key(100.0, help="imbalance factor of the training split: largest / smallest class (1 = "
+                                       "balanced)")
+    profile: str = key("exp", help="class sizes of the long-tailed split: exp (exponential) | step")
+    step_fraction: float = key(0.5, help="step profile: share of minority classes")
+    split_seed: int = key(0, help="seed of the long-tailed subsampling; fixed at 0 by the protocol, separate "
+                                  "from train.seed")
+    format: str = key("auto", help="CIFAR file format: auto | python | binary")
+    download: bool = key(True, help="download the dataset when its files are missing")
+    verify: bool = key(True, help="verify published checksums of local files (cached after the first time)")
+    augment: str = key("standard", help="training augmentation, a registered preset: none | standard | "
+                                        "autoaugment | randaugment | simclr | ...")
+    crop_padding: Optional[int] = key(None, help="random-crop padding in pixels; null: the dataset's default "
+                                                 "(CIFAR 4, Tiny 8, digits 1)")
+    flip: Optional[bool] = key(None, help="random horizontal flip; null: the dataset's default (false for digits)")
+    cutout: int = key(0, help="cutout square size in pixels; 0 = off")
+    randaugment_n: int = key(2, help="RandAugment: operations per image")
+    randaugment_m: int = key(10, help="RandAugment: magnitude, 0 to 10")
+    randaugment_mstd: float = key(0.0, help="std of the RandAugment magnitude (timm's mstd; BCL ImageNet: 0.5)")
+    sampler: str = key("instance", help="a registered training sampler: instance | class_balanced | sqrt | "
+                                        "progressive")
+    sampler_k: int = key(1, help="class_balanced sampler: consecutive samples per class visit")
+    source: str = key("auto", help="where batches come from: auto | memory (decoded images held in memory) | "
+                                   "loader (worker processes)")
+    num_workers: Optional[int] = key(None, help="loader source only: worker processes; null: one per usable CPU "
+                                                "core, at most 8")
+    train_list: Optional[str] = key(None, help="list-file datasets: the training list, one 'path label' a line")
+    val_list: Optional[str] = key(None, help="list-file datasets: the validation list (optional)")
+    test_list: Optional[str] = key(None, help="list-file datasets: the test list")
+    num_classes: Optional[int] = key(None, help="list-file datasets: number of classes, checked against the labels")
+    path_prefix: Optional[str] = key(None, help="list-file datasets: replaces the lists' first path component")
+    check_images: bool = key(True, help="file datasets: every image must decode before training (cached per file)")
+    image_size: Optional[int] = key(None, help="network input size in pixels; null: the dataset's own (CIFAR 32, "
+                                               "files 224)")
+    long_tailed: bool = key(False, help="folder: subsample a balanced train/ folder with data.imbalance and "
+                                        "data.profile")
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet32"  # a registered backbone
-    head: str = "linear"  # a registered classifier head: linear | cosine
-    scale: float = 30.0  # cosine head scale sigma
-    width: int = 16  # CIFAR ResNets: channels of the first stage
+    """The network: backbone and classifier head."""
+
+    backbone: str = key("resnet32", help="a registered backbone, e.g. resnet32 (CIFAR) | resnet50 | resnext50_32x4d")
+    head: str = key("linear", help="a registered classifier head: linear | cosine")
+    scale: float = key(30.0, help="cosine head: scale sigma of the cosine logits")
+    width: int = key(16, help="CIFAR ResNets: channels of the first stage")
 
 
 def param(default: Any, *, help: str = "", at_least: Optional[float] = None, above: Optional[float] = None,
@@ -68,7 +95,8 @@ class MethodConfig:
     """The ``method`` section: the method's name; each method's dataclass adds its own parameters, declared
     with :func:`param` so that their constraints are checked in one place."""
 
-    name: str = "ce"
+    name: str = key("ce", help="a registered method: ce | focal | cb | ldam_drw | la | bcl | bbl | supcon | ... "
+                               "(its own keys follow it)")
 
     def check(self) -> None:
         """Raise ConfigError ``method.<key> must be ...`` for the first parameter that breaks its constraint."""
@@ -87,62 +115,109 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1  # for the global batch size train.batch_size
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 2e-4
-    warmup_epochs: int = 5  # linear warm-up: lr * e / warmup for e = 1..warmup (1-based)
-    schedule: str = "step"  # step | cosine | bcl_cosine | constant
-    milestones: list[int] = field(default_factory=lambda: [160, 180])  # 0-based epochs
-    gamma: float = 0.01  # step factor applied at each milestone
-    grad_clip: Optional[float] = None
-    impl: str = "auto"  # auto (fused on CUDA and CPU, torch's default elsewhere) | fused | foreach | for_loop
+    """SGD and its learning-rate schedule."""
+
+    lr: float = key(0.1, help="peak learning rate, for the global batch size train.batch_size")
+    momentum: float = key(0.9, help="SGD momentum, in [0, 1)")
+    nesterov: bool = key(False, help="Nesterov momentum")
+    weight_decay: float = key(2e-4, help="L2 weight decay")
+    warmup_epochs: int = key(5, help="linear warm-up: lr * e / warmup_epochs for epochs e = 1..warmup_epochs "
+                                     "(1-based); 0 = off")
+    schedule: str = key("step", help="learning-rate schedule after warm-up: step | cosine | bcl_cosine | constant")
+    milestones: list[int] = key(help="step schedule: 0-based epochs at which the lr is multiplied by gamma",
+                                factory=lambda: [160, 180])
+    gamma: float = key(0.01, help="step schedule: factor applied to the lr at each milestone")
+    grad_clip: Optional[float] = key(None, help="clip the gradient norm to this value; null = off")
+    impl: str = key("auto", help="optimiser implementation: auto (fused on CUDA and CPU, torch's default "
+                                 "elsewhere) | fused | foreach | for_loop")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 128
-    seed: int = 0
-    max_steps: Optional[int] = None  # stop after this many optimiser steps (smoke runs)
-    deterministic: bool = False
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the training step's forward + loss (one graph) and the eval forward
-    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
-    compile_backend: str = "inductor"  # any torch.compile backend, e.g. aot_eager to debug
-    drop_last: bool = False  # drop each epoch's last partial batch: every step has the same shapes
-    sync_bn: bool = False  # SyncBatchNorm under torchrun on GPUs: BN statistics over the global batch
-    eval_every: int = 10  # evaluate the test set every N epochs for the curves; the last epoch always
-    progress: bool = True
+    """The training loop."""
+
+    epochs: int = key(200, help="training epochs")
+    batch_size: int = key(128, help="global batch size (split over the processes under torchrun)")
+    seed: int = key(0, help="seed of initialisation, sampling and augmentation (not of the split: data.split_seed)")
+    max_steps: Optional[int] = key(None, help="stop after this many optimiser steps (smoke runs); null = all")
+    deterministic: bool = key(False, help="deterministic torch algorithms only (slower); false: cuDNN autotuning on CUDA")
+    amp: str = key("auto", help="mixed precision: auto (bf16 on CUDA) | bf16 | none")
+    channels_last: bool = key(False, help="channels-last memory format for the network and its inputs")
+    compile: bool = key(False, help="torch.compile the training step's forward + loss (one graph) and the eval "
+                                    "forward")
+    compile_mode: str = key("default", help="torch.compile mode: default | reduce-overhead (CUDA graphs) | "
+                                            "max-autotune | max-autotune-no-cudagraphs")
+    compile_backend: str = key("inductor", help="any torch.compile backend, e.g. aot_eager to debug")
+    drop_last: bool = key(False, help="drop each epoch's last partial batch: every step has the same shapes")
+    sync_bn: bool = key(False, help="SyncBatchNorm under torchrun on GPUs: BN statistics over the global batch")
+    eval_every: int = key(10, help="evaluate the test set every N epochs for the curves (the last epoch always); "
+                                   "0 = last epoch only")
+    progress: bool = key(True, help="live progress bar on a terminal; false (or no terminal): one line per epoch")
 
 
 @dataclass
 class EvalConfig:
-    posthoc_tau: float = 0.0  # post-hoc logit adjustment: argmax(s - tau * log prior)
-    ece_bins: int = 15
-    batch_size: int = 512
-    many_above: int = 100  # shot groups by training count: Many n > many_above
-    few_below: int = 20  # Few n < few_below; Medium in between
+    """Evaluation and its metrics."""
+
+    posthoc_tau: float = key(0.0, help="post-hoc logit adjustment: predict argmax(s - tau * log prior); 0 = off")
+    ece_bins: int = key(15, help="bins of the expected calibration error")
+    batch_size: int = key(512, help="evaluation batch size")
+    many_above: int = key(100, help="shot groups by training count: Many n > many_above")
+    few_below: int = key(20, help="shot groups: Few n < few_below; Medium in between")
 
 
 @dataclass
 class Config:
-    name: Optional[str] = None  # run name; default: <dataset>_r<imbalance>_<method>_s<seed>
-    out_dir: str = "runs"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    plugins: list[str] = field(default_factory=list)  # modules or .py files that register methods, datasets...
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    """A whole experiment: top-level keys and one section per component."""
+
+    name: Optional[str] = key(None, help="run name; null: <dataset>_r<imbalance>_<method>_s<seed>")
+    out_dir: str = key("runs", help="folder that receives the run folder <out_dir>/<name>")
+    device: str = key("auto", help="auto | cpu | cuda | cuda:N")
+    plugins: list[str] = key(help="modules or .py files that register methods, datasets, backbones, ...",
+                             factory=list)
+    data: DataConfig = section(DataConfig, help="dataset, long-tailed split, sampling and augmentation")
+    model: ModelConfig = section(ModelConfig, help="the network: backbone and classifier head")
+    method: MethodConfig = section(MethodConfig, help="the training method and its own parameters")
+    optim: OptimConfig = section(OptimConfig, help="SGD and its learning-rate schedule")
+    train: TrainConfig = section(TrainConfig, help="the training loop")
+    eval: EvalConfig = section(EvalConfig, help="evaluation and its metrics")
+
+
+#: Keys that do not change what a run computes, and why: a finished run may be resumed (to no effect)
+#: under other values of these, and ``compare`` leaves them out of a configuration's identity.
+NEUTRAL_KEYS = {
+    "name": "the run's name",
+    "out_dir": "where runs are written",
+    "device": "the device that ran it",
+    "plugins": "where plugin code was imported from (the names it registers, e.g. method.name, are compared)",
+    "data.root": "where the dataset lives",
+    "data.download": "whether a missing dataset may be downloaded",
+    "data.verify": "whether checksums are verified",
+    "data.format": "the file format CIFAR is read from (the same images)",
+    "data.num_workers": "loader processes",
+    "data.check_images": "the decode check of image files before training",
+    "data.path_prefix": "where the images of list files live",
+    "train.progress": "the progress bar",
+    "train.eval_every": "how often the curves evaluate (the reported metrics are the last epoch's)",
+    "train.deterministic": "deterministic kernels (the same computation)",
+    "train.compile": "torch.compile (the same computation)",
+    "train.compile_mode": "torch.compile's mode",
+    "train.compile_backend": "torch.compile's backend",
+    "train.channels_last": "the memory layout of activations",
+    "optim.impl": "the implementation of the same optimiser update (fused, foreach, for-loop)",
+    "eval.batch_size": "the evaluation batch size",
+}
 
 
 def run_name(cfg: Config) -> str:
-    """``cfg.name``, else ``<dataset>_r<imbalance>_<method>_s<seed>``."""
+    """``cfg.name``, else ``<dataset>_r<imbalance>_<method>_s<seed>``; an image folder used as it is (its
+    imbalance is the data's own) is named after its folder: ``<folder>_<method>_s<seed>``."""
     if cfg.name:
         return cfg.name
     r = int(cfg.data.imbalance) if float(cfg.data.imbalance).is_integer() else cfg.data.imbalance
+    if cfg.data.name == "folder":
+        base = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(cfg.data.root or "folder").name)
+        base = base.strip(".") or "folder"
+        return f"{base}_r{r}_{cfg.method.name}_s{cfg.train.seed}" if cfg.data.long_tailed else \
+            f"{base}_{cfg.method.name}_s{cfg.train.seed}"
     return f"{cfg.data.name}_r{r}_{cfg.method.name}_s{cfg.train.seed}"
