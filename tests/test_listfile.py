@@ -144,3 +144,66 @@ def test_check_disjoint(tmp_path):
 def test_list_summary_empty():
     s = FileSplit(Path("."), [], np.zeros(0, np.int64))
     assert list_summary(s) == {"images": 0, "classes": 0, "min": 0, "max": 0}
+
+
+@pytest.mark.parametrize(
+    "bad_path, prefix",
+    [
+        ("../../etc/passwd", None),  # leading ../
+        ("../x.jpg", None),
+        ("./../x.jpg", None),
+        ("a/../../x.jpg", None),  # in the middle
+        ("a/b/../../../x.jpg", None),
+        ("train/../x.jpg", ""),  # inside as listed, but path_prefix "" drops "train/" and leaves "../x.jpg"
+        ("train/x.jpg", "../elsewhere"),  # the prefix itself leaves the root
+        ("a/..", None),  # the root itself is no image
+        (".", None),
+    ],
+)
+def test_path_leaving_the_root_is_refused_with_its_line(tmp_path, bad_path, prefix):
+    root = tmp_path / "root"
+    make_images(root, ["train/a/1.jpg", "x.jpg", "a/x.jpg", "data/a/1.jpg"])
+    make_images(tmp_path, ["x.jpg", "elsewhere/x.jpg"])  # the files the bad paths point at do exist
+    lst = root / "list.txt"
+    text = f"x.jpg 0\n{bad_path} 1\n"  # a first path without "/" is not changed by a prefix
+    lst.write_text(text)
+    with pytest.raises(DataError) as ei:
+        read_list_file(lst, root, path_prefix=prefix)
+    msg = str(ei.value)
+    assert f"{lst}, line 2: the path {bad_path!r}" in msg and "\n" not in msg
+    assert "paths must be relative to the dataset root and stay inside it" in msg and str(root) in msg
+    assert ("after data.path_prefix" in msg) == (apply_path_prefix(bad_path, prefix) != bad_path)
+    assert ("names the dataset root itself" in msg) == (bad_path in ("a/..", "."))
+    assert lst.read_text() == text and (tmp_path / "x.jpg").read_bytes() == b"jpg"  # nothing changed
+
+
+def test_absolute_path_is_still_refused(tmp_path):
+    make_images(tmp_path, ["a.jpg"])
+    (tmp_path / "l.txt").write_text(f"a.jpg 0\n{tmp_path / 'a.jpg'} 0\n")
+    with pytest.raises(DataError, match=r"line 2: the path is absolute; paths must be relative to the dataset root"):
+        read_list_file(tmp_path / "l.txt", tmp_path)
+
+
+def test_dotdot_that_stays_inside_is_accepted(tmp_path):
+    make_images(tmp_path, ["a/1.jpg", "b/2.jpg", "3.jpg"])
+    (tmp_path / "l.txt").write_text(f"a/../b/2.jpg 0\n./3.jpg 1\na/./../a/1.jpg 2\nz/../../{tmp_path.name}/3.jpg 0\n")
+    with pytest.raises(DataError, match="line 4: the path .* leaves the dataset root"):  # out and back in: out
+        read_list_file(tmp_path / "l.txt", tmp_path)
+    (tmp_path / "l.txt").write_text("a/../b/2.jpg 0\n./3.jpg 1\na/./../a/1.jpg 2\n")
+    s = read_list_file(tmp_path / "l.txt", tmp_path)
+    assert s.paths == ["b/2.jpg", "3.jpg", "a/1.jpg"] and s.labels.tolist() == [0, 1, 2]  # stored normalised
+    (tmp_path / "p.txt").write_text("x/2.jpg 0\n")
+    s = read_list_file(tmp_path / "p.txt", tmp_path, path_prefix="a/../b")  # a prefix with .. inside the root
+    assert s.paths == ["b/2.jpg"]
+
+
+def test_symlinked_root_and_subfolders_keep_working(tmp_path):
+    real = tmp_path / "disk"
+    make_images(real, ["images/a/1.jpg"])
+    make_images(tmp_path / "other_disk", ["b/2.jpg"])
+    (tmp_path / "link_root").symlink_to(real)
+    (real / "images" / "b").symlink_to(tmp_path / "other_disk" / "b")  # a subfolder that lives elsewhere
+    (tmp_path / "l.txt").write_text("images/a/1.jpg 0\nimages/b/2.jpg 1\nimages/b/../a/1.jpg 0\n")
+    s = read_list_file(tmp_path / "l.txt", tmp_path / "link_root")
+    # b/.. is read lexically (images/a/1.jpg under the root), not as the folder above the link's target
+    assert s.paths == ["images/a/1.jpg", "images/b/2.jpg", "images/a/1.jpg"]

@@ -2,7 +2,11 @@
 
 A list file is UTF-8 text, one sample per line: ``<relative_image_path> <label>``, separated by a single
 space, 0-based integer labels, no header. A blank line at the end is allowed; a blank line elsewhere is an
-error. Paths are joined onto the dataset root and must be relative.
+error. Paths are joined onto the dataset root; they must be relative and, once ``path_prefix`` is applied,
+stay inside the root (``a/../b.jpg`` is fine, ``../b.jpg`` or ``a/../../b.jpg`` is refused). This is decided
+on the normalised path (``os.path.normpath``), without resolving links, so roots and subfolders that are
+symbolic links work; the split holds the normalised paths (``a/../b.jpg`` is read as ``b.jpg``), so the
+file read is the one checked, even where ``a`` is a link to another folder.
 
 ``path_prefix`` rule: the first path component of every listed path (everything up to and including the
 first ``/``) is replaced by ``path_prefix``. A prefix may hold several components (``"places365_standard/
@@ -25,6 +29,7 @@ from longtail.data.base import FileSplit
 from longtail.errors import DataError
 
 _INT = re.compile(r"-?[0-9]+")
+_INSIDE = "paths must be relative to the dataset root and stay inside it"
 MAX_SHOWN = 5  # missing files named in an error
 
 
@@ -35,6 +40,17 @@ def apply_path_prefix(path: str, path_prefix: Optional[str]) -> str:
     rest = path.split("/", 1)[1]
     prefix = path_prefix.strip("/")
     return f"{prefix}/{rest}" if prefix else rest
+
+
+def inside_root(path: str) -> bool:
+    """True if the relative ``path`` names something strictly inside the folder it is joined onto.
+
+    Compared lexically (``os.path.normpath``), without resolving links, so a dataset whose root or
+    subfolders are symbolic links keeps working; ``..`` that leaves the root, or a path naming the root
+    itself (``a/..``), is refused.
+    """
+    norm = os.path.normpath(path)
+    return not (os.path.isabs(norm) or norm in (".", "..") or norm.startswith(".." + os.sep))
 
 
 def _bad(list_path: Path, n: int, line: str, why: str) -> DataError:
@@ -59,7 +75,7 @@ def read_list_file(
         check_files: require every image to exist under ``root`` (a missing image is a hard error).
 
     Returns:
-        FileSplit with the (prefix-mapped) paths in file order and int64 labels.
+        FileSplit with the (prefix-mapped, normalised) paths in file order and int64 labels.
 
     Raises:
         DataError: a malformed line (named by line number), an empty list, or missing images.
@@ -89,7 +105,7 @@ def read_list_file(
         if not path:
             raise _bad(list_path, n, line, "empty path")
         if path.startswith("/"):
-            raise _bad(list_path, n, line, "the path must be relative to the dataset root")
+            raise _bad(list_path, n, line, f"the path is absolute; {_INSIDE}")
         if not _INT.fullmatch(label_text):
             raise _bad(list_path, n, line, f"label {label_text!r} is not an integer")
         label = int(label_text)
@@ -98,7 +114,12 @@ def read_list_file(
         if num_classes is not None and label >= num_classes:
             why = f"label {label} is out of range for {num_classes} classes (0..{num_classes - 1})"
             raise _bad(list_path, n, line, why)
-        paths.append(apply_path_prefix(path, path_prefix))
+        mapped = apply_path_prefix(path, path_prefix)
+        if not inside_root(mapped):
+            via = f" (read as {mapped!r} after data.path_prefix)" if mapped != path else ""
+            what = "names the dataset root itself" if os.path.normpath(mapped) == "." else "leaves the dataset root"
+            raise _bad(list_path, n, line, f"the path {path!r}{via} {what} {root}; {_INSIDE}")
+        paths.append(os.path.normpath(mapped))  # what is read is what was checked, even past a linked folder
         labels.append(label)
     if not paths:
         raise DataError(f"list file {list_path} has no samples")
