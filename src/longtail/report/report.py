@@ -1,173 +1,107 @@
-"""Read a run directory and write its report: ``RUN/report/report.md``, ``per_class.csv`` and PNG plots.
+"""One run's report: ``report.md``, ``per_class.csv`` and its figures (each as PNG and PDF).
 
-The run directory is the contract with the trainer (docs/architecture.md): ``summary.json`` (final metrics
-and tags, required), ``metrics.jsonl`` (one JSON object per epoch, optional: without it there are no
-curves) and ``config.yaml`` (the resolved config, optional). This module only reads them.
+:func:`write_report` reads a run directory (:mod:`longtail.report.common`) and writes the report to
+``RUN/report`` or another folder; an existing ``report.md`` there is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import math
+import io
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-import yaml
+from matplotlib.figure import Figure
 
-from longtail.data.splits import GROUPS, shot_group_ids, shot_summary
+from longtail.data.splits import GROUPS, ShotRule
 from longtail.errors import LongtailError
+from longtail.fileio import atomic_write_text, refuse_overwrite
 from longtail.report import plots
+from longtail.report.common import (PathLike, cell, fmt, fmt_imbalance, imbalance_of, load_config, load_metrics,
+                                    load_summary, method_label, number, run_title, shot_rule)
+from longtail.report.figures import save
 
-PathLike = Union[str, Path]
-#: Keys without which a summary is not a finished run.
-REQUIRED = ("top1", "per_class", "train_counts")
 #: Reports list every class up to this many; beyond it the table lives in per_class.csv only.
 MAX_CLASS_ROWS = 200
-PLOT_FILES = ("per_class_vs_count.png", "shot_groups.png", "reliability.png", "curves.png", "dlsa_stages.png")
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fmt(x: Any, digits: int = 2) -> str:
-    """A percentage with ``digits`` decimals, or "—" for a missing value."""
-    return f"{x:.{digits}f}" if _number(x) else "—"
-
-
-def fmt_imbalance(x: Any) -> str:
-    if _number(x) and float(x).is_integer():
-        return str(int(x))
-    return str(x)
-
-
-def method_label(name: Any) -> str:
-    """The method as printed; BBL is a reconstruction of an unreleased method and says so."""
-    name = str(name)
-    if name.lower().startswith("bbl"):
-        return "BBL (reconstruction)" if name.lower() == "bbl" else f"BBL (reconstruction): {name}"
-    return name
-
-
-def load_summary(run_dir: PathLike) -> dict[str, Any]:
-    """Read and check ``RUN/summary.json``; raise :class:`LongtailError` naming the run if unusable."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise LongtailError(f"run folder '{run_dir}' does not exist; pass the folder of a run, e.g. runs/NAME")
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        raise LongtailError(
-            f"{run_dir} has no summary.json: is it a finished run? Train it to the end (or resume it), "
-            "or pass the run folder itself"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LongtailError(f"{path} is not valid JSON ({e}); the run was probably cut off while writing it") from None
-    if not isinstance(data, dict):
-        raise LongtailError(f"{path} must hold a JSON object (got {type(data).__name__})")
-    missing = [k for k in REQUIRED if data.get(k) is None]
-    if missing:
-        raise LongtailError(
-            f"{path} lacks {', '.join(missing)}: the run {run_dir.name} did not finish; "
-            "finish or resume its training, then report it"
-        )
-    if not _number(data["top1"]):
-        raise LongtailError(f"{path}: top1 must be a number (got {data['top1']!r})")
-    per_class, counts = data["per_class"], data["train_counts"]
-    if not isinstance(per_class, list) or not isinstance(counts, list) or len(per_class) != len(counts):
-        raise LongtailError(
-            f"{path}: per_class and train_counts must be lists of the same length "
-            f"(got {len(per_class) if isinstance(per_class, list) else per_class!r} and "
-            f"{len(counts) if isinstance(counts, list) else counts!r})"
-        )
-    names = data.get("class_names")
-    if names is not None and (not isinstance(names, list) or len(names) != len(counts)):
-        raise LongtailError(f"{path}: class_names must list one name per class ({len(counts)} classes)")
-    return data
-
-
-def load_metrics(run_dir: PathLike) -> Optional[list[dict[str, Any]]]:
-    """The per-epoch records of ``RUN/metrics.jsonl``, or None when the file does not exist.
-
-    A cut-off last line (the run was killed while writing) is ignored; any other bad line is an error.
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    lines = [(i + 1, line) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
-    records = []
-    for pos, (lineno, line) in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if pos == len(lines) - 1:
-                break
-            raise LongtailError(f"{path} line {lineno} is not valid JSON: {line[:80]!r}") from None
-        if not isinstance(rec, dict):
-            raise LongtailError(f"{path} line {lineno} must be a JSON object (got {line[:80]!r})")
-        records.append(rec)
-    return records
-
-
-def load_config(run_dir: PathLike) -> Optional[dict[str, Any]]:
-    """The resolved config of ``RUN/config.yaml`` as a dict, or None when the file does not exist."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise LongtailError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise LongtailError(f"{path} must hold a mapping of config sections (got {type(data).__name__})")
-    return data
+#: The tags list the class names up to this many classes.
+MAX_NAMED_TAG = 20
+#: Every figure a report may hold (each as .png and .pdf); a rewritten report removes those it no longer has.
+FIGURES = ("per_class_vs_count", "shot_groups", "reliability", "curves", "dlsa_stages")
+PLOT_FILES = tuple(f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf"))
+_cell = cell  # the name other modules used
 
 
 def per_class_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per class: class, name, train_count, group, accuracy (None when absent from test)."""
+    """One row per class: class, name, train_count, group (by the summary's shot rule), accuracy (None
+    when the class is absent from the test set)."""
     counts = [int(n) for n in summary["train_counts"]]
     names = summary.get("class_names") or [str(c) for c in range(len(counts))]
-    groups = [GROUPS[g] for g in shot_group_ids(counts)] if counts else []
+    groups = [GROUPS[g] for g in shot_rule(summary).ids(counts)] if counts else []
     return [
         {"class": c, "name": str(names[c]), "train_count": counts[c], "group": groups[c],
-         "accuracy": summary["per_class"][c] if _number(summary["per_class"][c]) else None}
+         "accuracy": summary["per_class"][c] if number(summary["per_class"][c]) else None}
         for c in range(len(counts))
     ]
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "name", "train_count", "group", "accuracy"])
-        for r in rows:
-            acc = "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-            w.writerow([r["class"], r["name"], r["train_count"], r["group"], acc])
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "name", "train_count", "group", "accuracy"])
+    for r in rows:
+        w.writerow([r["class"], r["name"], r["train_count"], r["group"],
+                    "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"])
+    return buf.getvalue()
 
 
-def _cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
+def imbalance_text(summary: dict[str, Any]) -> tuple[str, str]:
+    """The configured imbalance factor (with the measured one when they differ) and the measured one."""
+    configured, measured = summary.get("imbalance"), imbalance_of(summary)
+    shown = fmt_imbalance(configured if configured is not None else "?")
+    if measured is None:
+        return shown, "— (a class has no training image)"
+    if number(configured) and abs(float(configured) - measured) > 1e-6 * max(1.0, measured):
+        shown = f"{shown} (configured) · {measured:.1f} (measured)"
+    return shown, f"{measured:.1f} (largest / smallest training class)"
 
 
-def _tags(summary: dict[str, Any], config: Optional[dict[str, Any]]) -> list[tuple[str, str]]:
+def _epochs(summary: dict[str, Any]) -> str:
+    epochs, done = summary.get("epochs", "?"), summary.get("completed_epochs")
+    if number(epochs) and number(done) and done < epochs:
+        return f"{done:g} of {epochs} (stopped early by train.max_steps)"
+    return str(epochs)
+
+
+def _classes(rows: list[dict[str, Any]]) -> str:
+    if len(rows) <= MAX_NAMED_TAG:
+        return f"{len(rows)}: " + ", ".join(r["name"] for r in rows)
+    where = "the per-class table below" if len(rows) <= MAX_CLASS_ROWS else "per_class.csv"
+    return f"{len(rows)} (names in {where})"
+
+
+def _tags(summary: dict[str, Any], config: Optional[dict[str, Any]], rows: list[dict[str, Any]]) -> list[tuple]:
     s = summary
     data_cfg = (config or {}).get("data") or {}
     verified = s.get("data_verified")
-    tags = [
+    configured, measured = imbalance_text(s)
+    tags = [("run kind", s["kind"])] if s.get("kind") not in (None, "train") else []
+    tags += [
         ("dataset", s.get("dataset", "?")),
-        ("imbalance ρ", fmt_imbalance(s.get("imbalance", "?"))),
+        ("classes", _classes(rows)),
+        ("imbalance ρ", configured),
+        ("measured imbalance", measured),
+        ("shot groups", shot_rule(s).describe()),
         ("backbone", s.get("backbone", "?")),
         ("method", method_label(s.get("method", "?"))),
-        ("epochs", s.get("epochs", "?")),
+        ("epochs", _epochs(s)),
         ("batch size", s.get("batch_size", "?")),
         ("augmentation", s.get("augment", "?")),
         ("selection rule", s.get("selection", "?")),
         ("seed", s.get("seed", "?")),
     ]
-    if isinstance(data_cfg, dict) and "profile" in data_cfg:
+    if isinstance(data_cfg, dict) and "profile" in data_cfg and s.get("split_generated", True):
         tags.append(("split generator", f"{data_cfg.get('profile')}, split seed {data_cfg.get('split_seed', '?')}"))
-    if _number(s.get("posthoc_tau")) and s["posthoc_tau"] != 0:
+    if number(s.get("posthoc_tau")) and s["posthoc_tau"] != 0:
         tags.append(("post-hoc τ", f"{s['posthoc_tau']:g}"))
     tags += [
         ("commit", s.get("commit", "?")),
@@ -175,84 +109,127 @@ def _tags(summary: dict[str, Any], config: Optional[dict[str, Any]]) -> list[tup
         ("device", s.get("device", "?")),
         ("torch", s.get("torch", "?")),
     ]
-    if _number(s.get("wall_seconds")):
-        tags.append(("wall time", f"{s['wall_seconds'] / 60:.1f} min"))
-    if _number(s.get("steps")):
+    if number(s.get("wall_seconds")):
+        secs = float(s["wall_seconds"])
+        tags.append(("wall time", f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.1f} s"))
+    if number(s.get("steps")):
         tags.append(("optimiser steps", s["steps"]))
-    return [(k, _cell(v)) for k, v in tags]
+    return [(k, cell(v)) for k, v in tags]
+
+
+def empty_group_note(summary: dict[str, Any]) -> Optional[str]:
+    """A sentence naming the shot groups without a class under the summary's rule, or None."""
+    rule, counts = shot_rule(summary), [int(n) for n in summary["train_counts"]]
+    shots = rule.summary(counts)
+    empty = [g for g in GROUPS if shots[g] == 0]
+    if not empty or not counts:
+        return None
+    names = " and ".join(g.capitalize() for g in empty)
+    return (f"No {names} class: under the shot rule {rule.describe()} the training counts run from {min(counts)} "
+            f"to {max(counts)}, so {names} {'is' if len(empty) == 1 else 'are'} shown as —. "
+            f"Set `eval.many_above` / `eval.few_below` for other thresholds.")
 
 
 def _markdown(summary: dict[str, Any], config: Optional[dict[str, Any]], rows: list[dict[str, Any]],
-              images: list[str], name: str) -> str:
+              figures: list[str], title: str) -> str:
     s = summary
-    shots = s.get("shots") or shot_summary(s["train_counts"])
-    out = [f"# Run report: {_cell(s.get('name') or name)}", ""]
+    rule = shot_rule(s)
+    shots = rule.summary([r["train_count"] for r in rows])
+    out = [f"# Run report: {cell(title)}", ""]
     if str(s.get("method", "")).lower().startswith("bbl"):
         out += ["> BBL is a reconstruction from the paper (no official code); compare its numbers with care.", ""]
-    out += ["| tag | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in _tags(s, config)]
+    out += ["| tag | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in _tags(s, config, rows)]
     out += ["", "## Results", ""]
-    head = ["overall top-1"] + [f"{g.capitalize()} ({shots.get(g, 0)} classes)" for g in GROUPS] + ["top-5", "ECE"]
+    head = (["overall top-1"] + [f"{g.capitalize()} ({shots[g]} class{'' if shots[g] == 1 else 'es'})" for g in GROUPS]
+            + ["top-5", "ECE"])
     vals = [fmt(s.get("top1"))] + [fmt(s.get(g)) for g in GROUPS] + [fmt(s.get("top5")), fmt(s.get("ece"))]
     out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), "| " + " | ".join(vals) + " |", ""]
-    out += ["Accuracies and ECE in percent; a group with no class is shown as —. Shot groups by training "
-            "count: Many n > 100, Medium 20 ≤ n ≤ 100, Few n < 20.", ""]
+    default = " (the protocol's)" if rule == ShotRule() else " (set by eval.many_above / eval.few_below)"
+    out += [(f"Accuracies and ECE in percent; a group with no class is shown as —. Shot groups by training "
+             f"count: {rule.describe()}{default}."), ""]
+    note = empty_group_note(s)
+    if note:
+        out += [f"> **Note.** {note}", ""]
     stages = s.get("stages")
     if isinstance(stages, list) and stages:
-        out += ["## DLSA stages", "", "| stage | train | test | filtered Many / Medium / Few (%) | purity | NMI | accuracy |",
+        out += ["## DLSA stages", "",
+                "| stage | train | test | filtered Many / Medium / Few (%) | purity | NMI | accuracy |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         for st in stages:
             sh = st.get("filtered_share") or {}
-            share = " / ".join(fmt(100.0 * sh[g], 1) if _number(sh.get(g)) else "—" for g in GROUPS)
+            share = " / ".join(fmt(100.0 * sh[g], 1) if number(sh.get(g)) else "—" for g in GROUPS)
             label = "regular" if st.get("kind") == "regular" else str(st.get("stage"))
             out.append(f"| {label} | {st.get('train_count')} | {st.get('test_count')} | {share} | "
                        f"{fmt(st.get('purity'), 3)} | {fmt(st.get('nmi'), 3)} | {fmt(st.get('accuracy'))} |")
         out += [""]
-    if images:
-        out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in images] + [""]
+    if figures:
+        out += ["## Figures", ""]
+        for f in figures:
+            out += [f"![{f}]({f}.png)", "", f"PDF: [{f}.pdf]({f}.pdf)", ""]
     out += ["## Per-class accuracy", ""]
     if len(rows) > MAX_CLASS_ROWS:
         out += [f"{len(rows)} classes: see [per_class.csv](per_class.csv).", ""]
     else:
         out += ["| class | name | train count | group | accuracy |", "| --- | --- | --- | --- | --- |"]
-        out += [f"| {r['class']} | {_cell(r['name'])} | {r['train_count']} | {r['group']} | {fmt(r['accuracy'])} |"
+        out += [f"| {r['class']} | {cell(r['name'])} | {r['train_count']} | {r['group']} | {fmt(r['accuracy'])} |"
                 for r in rows]
         out += ["", "Also in [per_class.csv](per_class.csv)."]
     return "\n".join(out) + "\n"
 
 
-def write_report(run_dir: PathLike) -> Path:
-    """Write ``RUN/report/report.md``, ``per_class.csv`` and the PNG plots; return the report's path.
+def report_figures(summary: dict[str, Any], records: Optional[list[dict[str, Any]]], title: str) -> dict[str, Figure]:
+    """The report's figures by file stem (see :data:`FIGURES`), drawn but not saved."""
+    rows = per_class_rows(summary)
+    rule = shot_rule(summary)
+    figs: dict[str, Optional[Figure]] = {
+        "per_class_vs_count": plots.per_class_vs_count(
+            [r["train_count"] for r in rows], [r["accuracy"] for r in rows], [r["group"] for r in rows], title,
+            rule=rule, names=[r["name"] for r in rows]),
+        "shot_groups": plots.shot_groups({k: summary.get(k) for k in ("top1", *GROUPS)},
+                                         rule.summary([r["train_count"] for r in rows]), title),
+    }
+    calibration = summary.get("calibration")
+    if isinstance(calibration, dict) and number(calibration.get("bins")) and calibration["bins"] >= 1:
+        figs["reliability"] = plots.reliability(calibration, summary.get("ece"), title)
+    if records:
+        figs["curves"] = plots.curves(records, title)
+    stages = summary.get("stages")
+    if isinstance(stages, list) and stages:
+        figs["dlsa_stages"] = plots.dlsa_stages(stages, title)
+    return {k: v for k, v in figs.items() if v is not None}
+
+
+def write_report(run_dir: PathLike, out: Optional[PathLike] = None, overwrite: bool = False) -> Path:
+    """Write ``report.md``, ``per_class.csv`` and the figures (PNG and PDF) of a run to ``out`` (default
+    ``RUN/report``); return the path of ``report.md``.
+
+    An existing ``report.md`` in ``out`` is refused unless ``overwrite``; figure files of an earlier report
+    that this one does not draw are removed. Nothing is written before every input has been read.
 
     Raises:
-        LongtailError: the folder is not a finished run, or one of its files is malformed.
+        LongtailError: the folder is not a finished run, one of its files is malformed, ``out`` is a file,
+            or ``out`` holds a report and ``overwrite`` is false (:class:`~longtail.errors.OutputExistsError`).
     """
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
     records = load_metrics(run_dir)
     config = load_config(run_dir)
-    out = run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in PLOT_FILES:  # a re-run must not keep a plot whose input has since disappeared
-        (out / stale).unlink(missing_ok=True)
+    target = Path(out) if out is not None else run_dir / "report"
+    if target.exists() and not target.is_dir():
+        raise LongtailError(f"{target} is a file; pass a folder for the report with --out")
+    refuse_overwrite(target / "report.md", "a report", overwrite)
 
+    title = run_title(summary, run_dir)
     rows = per_class_rows(summary)
-    _write_csv(rows, out / "per_class.csv")
-    images = []
-    plots.per_class_vs_count([r["train_count"] for r in rows], [r["accuracy"] for r in rows],
-                             [r["group"] for r in rows], out / "per_class_vs_count.png")
-    images.append("per_class_vs_count.png")
-    plots.shot_groups({k: summary.get(k) for k in ("top1", *GROUPS)}, out / "shot_groups.png")
-    images.append("shot_groups.png")
-    calibration = summary.get("calibration")
-    if isinstance(calibration, dict) and _number(calibration.get("bins")):
-        plots.reliability(calibration, summary.get("ece"), out / "reliability.png")
-        images.append("reliability.png")
-    if records and plots.curves(records, out / "curves.png") is not None:
-        images.append("curves.png")
-    stages = summary.get("stages")
-    if isinstance(stages, list) and stages and plots.dlsa_stages(stages, out / "dlsa_stages.png") is not None:
-        images.append("dlsa_stages.png")
+    figs = report_figures(summary, records, title)
+    text = _markdown(summary, config, rows, list(figs), title)
 
-    path = out / "report.md"
-    path.write_text(_markdown(summary, config, rows, images, run_dir.name))
-    return path
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target / "per_class.csv", _csv(rows))
+    written = set()
+    for stem, fig in figs.items():
+        written.update(p.name for p in save(fig, target / f"{stem}.png"))
+    for stale in PLOT_FILES:  # a rewritten report keeps no figure whose input has since disappeared
+        if stale not in written:
+            (target / stale).unlink(missing_ok=True)
+    return atomic_write_text(target / "report.md", text)
