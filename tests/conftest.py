@@ -46,8 +46,10 @@ def require(path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_user_data_env(monkeypatch, tmp_path_factory):
-    """Keep tests away from the user's ~/.cache/longtail and $LONGTAIL_DATA."""
+    """Keep tests away from the user's ~/.cache/longtail and $LONGTAIL_DATA (caches go to the session's
+    temporary folder)."""
     monkeypatch.setenv("LONGTAIL_DATA", str(tmp_path_factory.getbasetemp() / "no-data-here"))
+    monkeypatch.setenv("LONGTAIL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def _cmd_train(a) -> int:
             raise LongtailError("train needs --config FILE (or --resume RUN_DIR)")
         cfg = C.load(a.config, a.overrides)
     command = "longtail " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv else ""
-    train(cfg, out=a.out, resume=a.resume, command=command)
+    train(cfg, out=a.out, resume=a.resume, command=command, overwrite=a.overwrite)
     return 0
 
 
@@ -207,24 +207,49 @@ def _cmd_eval(a) -> int:
 def _cmd_report(a) -> int:
     from longtail.report import write_report
 
-    path = write_report(Path(a.run_dir))
+    path = write_report(Path(a.run_dir), out=a.out, overwrite=a.overwrite)
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_compare(a) -> int:
-    from longtail.report import compare_runs
+    from longtail.report import write_comparison
 
-    print(compare_runs([Path(p) for p in a.run_dirs]))
+    text, written = write_comparison([Path(p) for p in a.run_dirs], fmt=a.format, out=a.out, plot=a.plot,
+                                     overwrite=a.overwrite)
+    if a.out is None:
+        sys.stdout.write(text)
+    for path in written:  # beside a table on standard output, on standard error
+        print(f"wrote {path}", file=sys.stdout if a.out is not None else sys.stderr)
     return 0
 
 
 def _cmd_config(a) -> int:
-    raise LongtailError("config show is not implemented yet")
+    from longtail.config import show
+
+    if a.config_command != "show":  # pragma: no cover - argparse allows show only
+        raise LongtailError(f"unknown config subcommand '{a.config_command}'")
+    sys.stdout.write(show(a.config, a.overrides or []))
+    return 0
 
 
 def _cmd_predict(a) -> int:
-    raise LongtailError("predict is not implemented yet")
+    from longtail.fileio import atomic_write_text, refuse_overwrite
+    from longtail.predict import predict, predictions_csv
+
+    if a.out:
+        refuse_overwrite(a.out, "a file", a.overwrite)
+    rows = predict(Path(a.run_dir), a.paths, top_k=a.top_k, batch_size=a.batch_size, device=a.device)
+    if rows and len(rows[0]["top"]) < a.top_k:
+        print(f"note: --top-k {a.top_k} exceeds the run's {len(rows[0]['top'])} classes: all are listed",
+              file=sys.stderr)
+    text = predictions_csv(rows)
+    if a.out:
+        atomic_write_text(a.out, text)
+        print(f"wrote {a.out} ({len(rows)} images, top-{len(rows[0]['top']) if rows else a.top_k})")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _cmd_data(a) -> int:
@@ -266,7 +291,7 @@ def _cmd_extract(a) -> int:
         if cfg_path.is_file() and C.load(cfg_path).data.val_list:
             kw["splits"] = ("train", "val", "test")
     paths = extract_features(Path(a.run_dir), Path(a.out), batch_size=a.batch_size, device=a.device,
-                             data_root=a.data_root, **kw)
+                             data_root=a.data_root, overwrite=a.overwrite, **kw)
     for split, path in paths.items():
         print(f"{split}: {path}")
     return 0
@@ -276,7 +301,7 @@ def _cmd_decouple(a) -> int:
     from longtail.stage2.decouple import run_decouple
 
     run_decouple(Path(a.run_dir), a.method, Path(a.out), features_dir=Path(a.features) if a.features else None,
-                 overrides=a.overrides, device=a.device)
+                 overrides=a.overrides, device=a.device, overwrite=a.overwrite)
     return 0
 
 
@@ -300,7 +325,8 @@ def _cmd_reproduce(a) -> int:
 def _cmd_dlsa(a) -> int:
     from longtail.stage2.dlsa import run_dlsa
 
-    run_dlsa(Path(a.features), Path(a.out), config_path=a.config, overrides=a.overrides, device=a.device)
+    run_dlsa(Path(a.features), Path(a.out), config_path=a.config, overrides=a.overrides, device=a.device,
+             overwrite=a.overwrite)
     return 0
 
 

@@ -6,10 +6,9 @@ reported (top-1, per-class accuracy, Many/Medium/Few, top-k, ECE) is a function 
 summing them over batches -- or over processes with one all-reduce -- gives exactly the numbers of one
 big batch. Nothing here talks to ``torch.distributed``; the caller reduces :meth:`MetricAccumulator.state`.
 
-Shot groups use the *training* count n_c: Many n_c > 100, Medium 20 <= n_c <= 100, Few n_c < 20 (the
-protocol's thresholds; :class:`~longtail.data.splits.ShotRule` sets others). A
-group's accuracy is the unweighted mean of a_c over its classes present in the test set; an empty group
-is ``None``, never 0.
+Shot groups use the *training* count n_c (:class:`~longtail.data.splits.ShotRule`; by default Many n_c >
+100, Medium 20 <= n_c <= 100, Few n_c < 20). A group's accuracy is the unweighted mean of a_c over its
+classes present in the test set; an empty group is ``None``, never 0.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import numpy as np
 import torch
 
 from longtail import hostsync
-
 from longtail.data.splits import GROUPS, ShotRule
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[int], Sequence[float]]
@@ -66,14 +64,8 @@ def confusion_matrix(preds: ArrayLike, targets: ArrayLike, num_classes: int) -> 
 
 
 def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
-    """Per-class accuracy a_c in percent from a confusion matrix.
-
-    Returns:
-        float64 array; NaN for classes without test samples (an absent class has no accuracy).
-
-    Shape:
-        cm: [C, C] (rows = true class); returns [C].
-    """
+    """Per-class accuracy a_c in percent from a confusion matrix: float64, NaN for classes without test
+    samples (an absent class has no accuracy). Shape: cm [C, C] (rows = true class) -> [C]."""
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"cm must be a square [C, C] matrix (got shape {cm.shape})")
@@ -389,10 +381,8 @@ class MetricAccumulator:
         return out
 
 
-def evaluate_logits(
-    logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLike, ece_bins: int = 15,
-    shots: Optional[ShotRule] = None,
-) -> dict[str, Any]:
+def evaluate_logits(logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLike, ece_bins: int = 15,
+                    shots: Optional[ShotRule] = None) -> dict[str, Any]:
     """All metrics of one batch of logits (see :meth:`MetricAccumulator.compute`).
 
     Shape:

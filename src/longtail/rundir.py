@@ -116,18 +116,40 @@ class RunDir:
 
     # ------------------------------------------------------------------ state
 
+    #: every entry a run writes at its top level (``--overwrite`` removes exactly these, nothing else)
+    ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "model.safetensors", "tb", "report",
+               "decouple.yaml", "features", "predictions.npz")
+
     def holds_run(self) -> bool:
-        """True when a run was started or finished here (a checkpoint or a summary exists)."""
-        return self.checkpoint_path.exists() or self.summary_path.exists()
+        """True when a run was started or finished here (any of its files exists)."""
+        return any((self.path / e).exists() for e in self.ENTRIES)
 
     def is_finished(self) -> bool:
         return self.summary_path.is_file()
 
-    def refuse_existing(self, hint: str = "") -> None:
-        """Raise LongtailError if this folder already holds a run: nothing is ever silently overwritten."""
-        if self.holds_run():
-            raise LongtailError(f"{self.path} already holds a run. {hint}Pick another folder with --out "
-                                f"(nothing was changed).")
+    def refuse_existing(self, hint: str = "", overwrite: bool = False) -> None:
+        """Raise :class:`~longtail.errors.OutputExistsError` if this folder already holds a run (nothing is ever
+        silently overwritten); with ``overwrite`` return, and :meth:`clear` removes it when writing starts."""
+        from longtail.errors import OutputExistsError
+        from longtail.fileio import OVERWRITE_HINT
+
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputExistsError(f"{self.path} is a file, not a folder; pick another folder with --out "
+                                    f"(nothing was changed)")
+        if self.holds_run() and not overwrite:
+            raise OutputExistsError(f"{self.path} already holds a run; {hint}{OVERWRITE_HINT}")
+
+    def clear(self) -> "RunDir":
+        """Delete the run files of this folder (:data:`ENTRIES`), leaving any other file in it alone."""
+        import shutil
+
+        for e in self.ENTRIES:
+            p = self.path / e
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+        return self
 
     def create(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)

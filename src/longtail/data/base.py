@@ -44,7 +44,9 @@ class Dataset:
     """A long-tailed training split plus its evaluation splits.
 
     ``train_indices`` are the original indices of the kept training images (class order), or None for
-    list-file datasets whose lists already are the long-tailed split.
+    list-file datasets whose lists already are the long-tailed split. ``imbalance`` is the imbalance
+    factor the toolbox built the split with, or None when the data brings its own split (list files, an
+    image folder used as it is): the measured factor then describes it.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Dataset:
     image_size: int = 32
     in_channels: int = 3
     verified: bool = True
+    imbalance: Optional[float] = None
 
     @property
     def train_counts(self) -> np.ndarray:

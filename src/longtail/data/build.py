@@ -33,6 +33,13 @@ def data_root(root: str | None) -> Path:
     return Path.home() / ".cache" / "longtail"
 
 
+def cache_root() -> Path:
+    """Where longtail keeps caches derived from data (never inside a dataset's folder): ``$LONGTAIL_CACHE``,
+    else ``~/.cache/longtail``."""
+    env = os.environ.get("LONGTAIL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "longtail"
+
+
 def split_counts(name: str, imbalance: float, profile: str = "exp", step_fraction: float = 0.5) -> list[int]:
     """Per-class train counts of a generated long-tailed split, without touching any data."""
     if name not in GENERATED:

@@ -29,15 +29,24 @@ class DatasetEntry:
     Attributes:
         name: its ``data.name``.
         build: ``build(data_cfg) -> Dataset``.
-        crop_padding, flip: augmentation defaults (``data.crop_padding`` / ``data.flip`` when null).
+        crop_padding, flip: augmentation defaults (``data.crop_padding`` / ``data.flip`` when null);
+            ``crop_padding=None``: an eighth of the image size (4 at 32 px, as CIFAR's).
         check: optional ``check(data_cfg)`` raising ConfigError (e.g. missing list files).
     """
 
     name: str
     build: Callable[[DataConfig], Dataset]
-    crop_padding: int = 4
+    crop_padding: Optional[int] = 4
     flip: bool = True
     check: Optional[Callable[[DataConfig], None]] = None
+
+
+def _native_size(dcfg: DataConfig, size: int) -> int:
+    """The image size of a dataset held at its own resolution; ``data.image_size`` may only repeat it."""
+    if dcfg.image_size is not None and dcfg.image_size != size:
+        raise ConfigError(f"data.image_size={dcfg.image_size} but {dcfg.name} images are {size}x{size} and are not "
+                          f"resized; leave data.image_size unset (it applies to folder and list-file datasets)")
+    return size
 
 
 def _digits(dcfg: DataConfig) -> Dataset:
@@ -46,7 +55,7 @@ def _digits(dcfg: DataConfig) -> Dataset:
     train, test, idx = load_digits_lt(dcfg.imbalance, dcfg.profile, dcfg.step_fraction, dcfg.split_seed)
     check_stored_split("digits", dcfg.imbalance, dcfg.split_seed, dcfg.profile, idx)
     return Dataset("digits", 10, [str(i) for i in range(10)], train, test, train_indices=idx, mean=MEAN, std=STD,
-                   image_size=8, in_channels=1)
+                   image_size=_native_size(dcfg, 8), in_channels=1, imbalance=dcfg.imbalance)
 
 
 def _cifar(dcfg: DataConfig) -> Dataset:
@@ -59,7 +68,8 @@ def _cifar(dcfg: DataConfig) -> Dataset:
     check_stored_split(name, dcfg.imbalance, dcfg.split_seed, dcfg.profile, idx)
     train = ArraySplit(data.train.images[idx], data.train.labels[idx])
     return Dataset(name, GENERATED[name][1], list(data.class_names), train, data.test, train_indices=idx,
-                   mean=CIFAR_MEAN, std=CIFAR_STD, image_size=32, verified=data.verified)
+                   mean=CIFAR_MEAN, std=CIFAR_STD, image_size=_native_size(dcfg, 32), verified=data.verified,
+                   imbalance=dcfg.imbalance)
 
 
 def _tinyimagenet(dcfg: DataConfig) -> Dataset:
@@ -70,8 +80,8 @@ def _tinyimagenet(dcfg: DataConfig) -> Dataset:
                              download=dcfg.download, verify=dcfg.verify)
     check_stored_split("tinyimagenet", dcfg.imbalance, dcfg.split_seed, dcfg.profile, data.train_indices)
     return Dataset("tinyimagenet", 200, list(data.class_names), data.train, data.test,
-                   train_indices=data.train_indices, mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=64,
-                   verified=dcfg.verify)
+                   train_indices=data.train_indices, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   image_size=_native_size(dcfg, 64), verified=dcfg.verify, imbalance=dcfg.imbalance)
 
 
 def _list_path(path: str, root: Path) -> Path:
@@ -83,19 +93,27 @@ def _list_path(path: str, root: Path) -> Path:
 
 
 def _list_files(dcfg: DataConfig) -> Dataset:
+    from longtail.data.imagecheck import check_images
     from longtail.data.listfile import check_disjoint, read_list_file
+    from longtail.data.pipeline import loader_workers
 
     root = data_root(dcfg.root)
     kw = dict(num_classes=dcfg.num_classes, path_prefix=dcfg.path_prefix)
-    train = read_list_file(_list_path(dcfg.train_list, root), root, **kw)
-    test = read_list_file(_list_path(dcfg.test_list, root), root, **kw)
-    val = read_list_file(_list_path(dcfg.val_list, root), root, **kw) if dcfg.val_list else None
+    lists = {"train": _list_path(dcfg.train_list, root), "test": _list_path(dcfg.test_list, root)}
+    if dcfg.val_list:
+        lists["val"] = _list_path(dcfg.val_list, root)
+    splits = {name: read_list_file(path, root, **kw) for name, path in lists.items()}
+    train, test, val = splits["train"], splits["test"], splits.get("val")
     if val is not None and dcfg.name in ("imagenet_lt", "places_lt"):
         check_disjoint(train, val)
+    if dcfg.check_images:  # every image decodes, before anything is trained (cached per file)
+        for name in ("train", "val", "test"):
+            if name in splits:
+                check_images(splits[name], list_path=lists[name], workers=loader_workers(dcfg))
     num_classes = dcfg.num_classes or int(max(train.labels.max(), test.labels.max())) + 1
     mean, std = (INAT_MEAN, INAT_STD) if dcfg.name == "inat2018" else (IMAGENET_MEAN, IMAGENET_STD)
     return Dataset(dcfg.name, num_classes, [str(i) for i in range(num_classes)], train, test, val=val,
-                   mean=mean, std=std, image_size=224, verified=dcfg.verify)
+                   mean=mean, std=std, image_size=dcfg.image_size or 224, verified=dcfg.verify)
 
 
 def _needs_lists(dcfg: DataConfig) -> None:
@@ -104,7 +122,14 @@ def _needs_lists(dcfg: DataConfig) -> None:
                           f"(lines 'path label')")
 
 
+def _folder(dcfg: DataConfig) -> Dataset:
+    from longtail.data.folder import build_folder
+
+    return build_folder(dcfg)
+
+
 DATASETS.register("digits", DatasetEntry("digits", _digits, crop_padding=1, flip=False))
+DATASETS.register("folder", DatasetEntry("folder", _folder, crop_padding=None))
 DATASETS.register("cifar10", DatasetEntry("cifar10", _cifar))
 DATASETS.register("cifar100", DatasetEntry("cifar100", _cifar))
 DATASETS.register("tinyimagenet", DatasetEntry("tinyimagenet", _tinyimagenet, crop_padding=8))

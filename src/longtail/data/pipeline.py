@@ -31,6 +31,7 @@ def view_settings(data: DataConfig, ds: Dataset) -> dict:
 
     entry = DATASETS.get(ds.name) if ds.name in DATASETS else None
     pad, flip = (entry.crop_padding, entry.flip) if entry is not None else (4, True)
+    pad = ds.image_size // 8 if pad is None else pad
     return dict(image_size=ds.image_size, crop_padding=pad if data.crop_padding is None else data.crop_padding,
                 flip=flip if data.flip is None else data.flip, cutout=data.cutout, randaugment_n=data.randaugment_n,
                 randaugment_m=data.randaugment_m, randaugment_mstd=data.randaugment_mstd, mean=ds.mean, std=ds.std)
@@ -66,7 +67,7 @@ def train_batches(data: DataConfig, ds: Dataset, presets: Sequence[str], *, batc
         return InMemoryBatches(ds.train.images, ds.train.labels, views=[built[p] for p in presets], **common)
     if isinstance(ds.train, ArraySplit):
         raise ConfigError("data.source=loader reads image files; this dataset is held in memory: use data.source=memory")
-    tfs = [build_torchvision_transform(p, train=True, resize=256, center_crop=224, **kw) for p in presets]
+    tfs = [build_torchvision_transform(p, train=True, **_resize(ds), **kw) for p in presets]
     return LoaderBatches(ds.train, transforms=tfs, num_workers=loader_workers(data), **common)
 
 
@@ -82,9 +83,15 @@ def eval_batches(data: DataConfig, ds: Dataset, *, batch_size: int, device: torc
     if isinstance(split, ArraySplit):
         return EvalBatches(split.images, split.labels, batch_size=batch_size, device=device,
                            view=build_view("none", **kw), rank=rank, world_size=world_size)
-    tf = build_torchvision_transform("none", train=False, resize=256, center_crop=224, **kw)
+    tf = build_torchvision_transform("none", train=False, **_resize(ds), **kw)
     return LoaderEvalBatches(split, transform=tf, batch_size=batch_size, device=device,
                              num_workers=loader_workers(data), rank=rank, world_size=world_size)
+
+
+def _resize(ds: Dataset) -> dict:
+    """File datasets' evaluation geometry: resize the short side to 8/7 of the input size (256 for 224),
+    then centre-crop the input size."""
+    return dict(resize=round(ds.image_size * 256 / 224), center_crop=ds.image_size)
 
 
 def with_split(ds: Dataset, split: Split) -> Dataset:

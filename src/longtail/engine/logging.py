@@ -73,11 +73,41 @@ class NullLogger:
         pass
 
 
+def bar_wanted(enabled: bool, stream=None) -> bool:
+    """A live bar only where it can redraw itself: a terminal or a notebook. Elsewhere (a log file, a
+    pipe, a batch system) the trainer prints one plain line per epoch instead."""
+    stream = sys.stderr if stream is None else stream
+    if not enabled:
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) or "ipykernel" in sys.modules
+
+
 def progress_bar(total: int, initial: int, enabled: bool) -> Optional[tqdm]:
-    """One bar for the whole run: its ETA is the time to the end of training (rank 0 only under DDP)."""
+    """One bar for the whole run: its ETA is the time to the end of training (rank 0 only under DDP); None
+    when ``enabled`` is false or standard error is not a terminal (see :func:`bar_wanted`)."""
     from longtail.engine.distributed import is_main
 
-    if not enabled or not is_main():
+    if not bar_wanted(enabled) or not is_main():
         return None
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
                 mininterval=1.0, leave=True)
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One plain line for an epoch's record, numbers rounded, e.g.
+    ``epoch 3/40  step 120  loss 1.2346  train acc 45.2%  lr 0.05  12.3 s  1234 img/s  | test top-1 80.50``."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"step {record['step']}", f"loss {_num(record.get('loss'), 4)}",
+             f"train acc {_num(record.get('train_acc'), 1)}%", f"lr {_num(record.get('lr'), 4, 'g')}",
+             f"{_num(record.get('seconds'), 1)} s", f"{_num(record.get('images_per_s'), 0)} img/s"]
+    line = "  ".join(parts)
+    if record.get("top1") is not None:
+        groups = " / ".join(_num(record.get(g), 2) for g in ("many", "medium", "few"))
+        line += f"  | test top-1 {_num(record['top1'], 2)} (Many/Medium/Few {groups})"
+    return line
+
+
+def _num(v, digits: int, kind: str = "f") -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return "—"
+    return f"{v:.{digits}{kind}}" if kind == "f" else f"{v:.{digits}g}"

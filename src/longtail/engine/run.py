@@ -97,10 +97,26 @@ def load_resume_config(resume: str, config_path: Optional[str], overrides: list[
     return C.load(path, overrides)
 
 
+def check_run_name(name: str) -> str:
+    """A run name is one plain folder name: the run goes to ``out_dir/name`` and never leaves ``out_dir``."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or len(name.encode()) > 255:
+        raise ConfigError(f"name={name!r} must be a plain folder name (no '/', '\\', '..'; at most 255 bytes): "
+                          f"the run is written to out_dir/name. Use --out DIR to write it elsewhere")
+    return name
+
+
 def train(cfg: C.Config, *, out: Optional[str] = None, resume: Optional[str] = None,
-          command: str = "", echo=print) -> Path:
-    """Train one run end to end and return its directory."""
+          command: str = "", echo=print, overwrite: bool = False) -> Path:
+    """Train one run end to end and return its directory.
+
+    A folder that already holds a run is refused unless ``overwrite`` (its run files are then deleted
+    when writing starts, after every check passed). Resuming a finished run changes nothing and says so,
+    unless the config extends it (a larger ``train.epochs`` or ``train.max_steps``).
+    """
     C.validate(cfg)
+    check_run_name(C.run_name(cfg))
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts it afresh: pass only one of them")
     resolve_device(cfg.device)  # a clear ConfigError before any process group is joined
     device = dist.init_from_env(cfg.device)
     try:
@@ -110,13 +126,13 @@ def train(cfg: C.Config, *, out: Optional[str] = None, resume: Optional[str] = N
             rd = RunDir(resume)
         else:
             rd = RunDir(out if out else Path(cfg.out_dir) / C.run_name(cfg))
-            rd.refuse_existing(f"Continue it with 'longtail train --resume {rd.path}', or ")
+            rd.refuse_existing(f"continue it with 'longtail train --resume {rd.path}', or ", overwrite=overwrite)
         # every rank reads the checkpoint (read-only) so all start from the same state
         state = load_checkpoint(rd.checkpoint_path) if resume else None
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         try:
             seed_everything(cfg.train.seed, cfg.train.deterministic, device)  # same init on every rank
-            _train(cfg, rd, state, device, command, echo)
+            _train(cfg, rd, state, device, command, echo, clear=overwrite)
         finally:  # a library call must not leave the process in deterministic mode
             torch.use_deterministic_algorithms(was_deterministic)
         dist.barrier()  # rank 0 has written the outputs before any rank leaves the group
@@ -129,7 +145,31 @@ def _silent(*a, **k) -> None:
     pass
 
 
-def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.device, command: str, echo) -> None:
+def _finished(state: dict, cfg: C.Config) -> bool:
+    """The checkpoint has trained every epoch, or the ``train.max_steps`` steps, that ``cfg`` asks for."""
+    t = cfg.train
+    return int(state["epoch"]) >= t.epochs or (t.max_steps is not None and int(state["global_step"]) >= t.max_steps)
+
+
+def _refuse_changes(state: dict, cfg: C.Config, rd: RunDir) -> None:
+    """A finished run is not changed by resuming it: settings that differ from its own are an error."""
+    old, new = C.flatten(state.get("config") or {}), C.flatten(C.to_dict(cfg))
+    changed = sorted(k for k in new if k in old and old[k] != new[k] and k not in C.NEUTRAL_KEYS)
+    if changed:
+        shown = ", ".join(f"{k}={new[k]!r} (the run's: {old[k]!r})" for k in changed[:4])
+        raise ConfigError(f"{rd.path} is finished; resuming it would not apply {shown}. Re-evaluate with "
+                          f"'longtail eval {rd.path} KEY=VALUE', or train a new run (nothing was changed)")
+
+
+def _progress_text(state: dict, cfg: C.Config) -> str:
+    t = cfg.train
+    if t.max_steps is not None and int(state["global_step"]) >= t.max_steps and int(state["epoch"]) < t.epochs:
+        return f"{state['global_step']} of train.max_steps={t.max_steps} steps"
+    return f"{min(int(state['epoch']), t.epochs)} of {t.epochs} epochs"
+
+
+def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.device, command: str, echo,
+           clear: bool = False) -> None:
     if not cfg.data.verify:
         echo("warning: data.verify=false: checksums are not verified; summary.json records data_verified: false")
     if dist.is_distributed() and not dist.is_main():
@@ -140,6 +180,11 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
     ds = pieces.dataset
     if state is not None:
         check_shapes(pieces.network, state["model"], rd.checkpoint_path)
+        if rd.is_finished() and _finished(state, cfg):
+            _refuse_changes(state, cfg, rd)
+            echo(f"{rd.path} is finished ({_progress_text(state, cfg)}): nothing to do, nothing was changed. "
+                 f"To train it further, resume with a larger train.epochs or train.max_steps")
+            return
     # evaluation's forward; the training step's forward + loss is compiled by the Trainer as one graph
     forward = compile_fn(pieces.network, cfg.train) if cfg.train.compile else pieces.network
     train_forward = pieces.network
@@ -151,17 +196,19 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
 
     # ---- from here on the run directory is written (by rank 0 only)
     if dist.is_main():
+        if clear:  # --overwrite: the old run's files go only now, once everything was checked
+            rd.clear()
         rd.create().write_config(C.dump(cfg))
         logger = RunLogger(rd.path)
     else:
         logger = NullLogger()
     trainer = Trainer(cfg, rd.path, network=pieces.network, method=pieces.method,
                       train_batches=pieces.train_batches, eval_batches=pieces.eval_batches, device=device,
-                      logger=logger, forward=forward, train_forward=train_forward)
+                      logger=logger, forward=forward, train_forward=train_forward, echo=echo)
     if state is not None:
         trainer.load_state_dict(state)
         echo(f"resuming {rd.path} at epoch {trainer.progress.epoch + 1}, step {trainer.progress.step_in_epoch}")
-    echo(f"training {C.run_name(cfg)}: {ds.name} (imbalance {cfg.data.imbalance:g}, {len(ds.train)} train / "
+    echo(f"training {C.run_name(cfg)}: {ds.name} (imbalance {_imbalance_text(ds)}, {len(ds.train)} train / "
          f"{len(ds.test)} test images, {ds.num_classes} classes), method {cfg.method.name}, "
          f"{cfg.model.backbone}, on {device_name(device)} -> {rd.path}")
     try:
@@ -176,10 +223,23 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
     echo(f"run directory: {rd.path}  (report: longtail report {rd.path})")
 
 
+def split_imbalance(ds: Dataset) -> Optional[float]:
+    """The imbalance factor the split was built with, else (data that brings its own split) the measured one."""
+    from longtail.data.splits import measured_imbalance
+
+    return ds.imbalance if ds.imbalance is not None else measured_imbalance(ds.train_counts)
+
+
+def _imbalance_text(ds: Dataset) -> str:
+    rho = split_imbalance(ds)
+    return "undefined: a class has no training image" if rho is None else \
+        (f"{rho:g}" if ds.imbalance is not None else f"{rho:.4g}, measured")
+
+
 def _train_summary(cfg: C.Config, ds: Dataset, metrics: dict, trainer: Trainer, device: torch.device,
                    command: str) -> dict:
     p = trainer.progress
-    tags = {"dataset": ds.name, "imbalance": cfg.data.imbalance, "method": cfg.method.name,
+    tags = {"dataset": ds.name, "imbalance": split_imbalance(ds), "method": cfg.method.name,
             "backbone": cfg.model.backbone, "epochs": cfg.train.epochs,
             "completed_epochs": p.epoch + p.step_in_epoch / max(len(trainer.train_batches), 1),
             "steps": p.global_step, "batch_size": cfg.train.batch_size, "augment": cfg.data.augment,
@@ -188,7 +248,17 @@ def _train_summary(cfg: C.Config, ds: Dataset, metrics: dict, trainer: Trainer, 
     return summary_record(kind="train", name=C.run_name(cfg), tags=tags, metrics=metrics,
                           train_counts=ds.train_counts, class_names=ds.class_names, wall_seconds=p.wall_seconds,
                           env=environment(device_name(device), command),
-                          data_verified=bool(ds.verified and cfg.data.verify), shots=shot_rule(cfg.eval))
+                          data_verified=bool(ds.verified and cfg.data.verify), shots=shot_rule(cfg.eval),
+                          extra={"input": input_record(ds), "split_generated": ds.imbalance is not None})
+
+
+def input_record(ds: Dataset) -> dict:
+    """What the network's input is (``summary.json``'s ``input``): enough to preprocess new images for
+    ``longtail predict`` without the training data."""
+    from longtail.data.base import ArraySplit
+
+    return {"image_size": int(ds.image_size), "in_channels": int(ds.in_channels), "mean": [float(m) for m in ds.mean],
+            "std": [float(v) for v in ds.std], "source": "memory" if isinstance(ds.train, ArraySplit) else "loader"}
 
 
 def evaluate_run(run_dir: Path, overrides: list[str], echo=print) -> dict:

@@ -29,7 +29,7 @@ from longtail.data.batches import Batch
 from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import save_checkpoint
 from longtail.engine.evaluator import autocast_context, evaluate, shot_rule
-from longtail.engine.logging import RunLogger, progress_bar
+from longtail.engine.logging import RunLogger, epoch_line, progress_bar
 from longtail.engine.schedule import lr_at
 from longtail.errors import ConfigError, Interrupted, NonFiniteLossError
 
@@ -169,12 +169,14 @@ class Trainer:
         forward: the evaluation forward (e.g. compiled), default ``network``; train_forward: the training
             forward (the DDP wrapper under torchrun), default ``forward``.
         train_counts, num_classes: default to the method's counts and the network's classes.
+        echo: where the plain per-epoch line goes when there is no progress bar (default: print on rank
+            0; pass ``lambda *a: None`` to silence it).
     """
 
     def __init__(self, cfg: Config, run_dir: Path, *, network, method, train_batches, eval_batches,
                  device: torch.device, logger: RunLogger, forward: Optional[Callable] = None,
                  train_forward: Optional[Callable] = None, train_counts: Optional[np.ndarray] = None,
-                 num_classes: Optional[int] = None):
+                 num_classes: Optional[int] = None, echo: Optional[Callable[[str], None]] = None):
         self.cfg = cfg
         self.run_dir = run_dir
         self.network = network  # the plain module: its state_dict is what we save
@@ -190,6 +192,7 @@ class Trainer:
         self.num_classes = int(network.num_classes if num_classes is None else num_classes)
         self.device = device
         self.logger = logger
+        self.echo = echo if echo is not None else (print if dist.is_main() else (lambda *a: None))
         self.optimizer = build_optimizer(network, cfg)
         # train.compile: the whole forward + loss + statistics of a step is one graph (under DDP the
         # DDP-wrapped module is compiled instead, by the caller: its forward is a collective)
@@ -245,7 +248,8 @@ class Trainer:
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
         bar = progress_bar(total, min(p.global_step, total), cfg.train.progress)
-        stopped_early = False
+        # a run stopped by max_steps and resumed with the same limit takes no further step
+        stopped_early = cfg.train.max_steps is not None and p.global_step >= cfg.train.max_steps
         try:
             with _SignalGuard() as guard:
                 while p.epoch < epochs and not stopped_early:
@@ -317,6 +321,8 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}",
                             refresh=False)
+        else:  # no live bar (train.progress=false, or not a terminal): one plain line per epoch
+            self.echo(epoch_line(record, cfg.train.epochs))
         self.logger.log_epoch(record)
         self.save()
         return False
@@ -377,7 +383,7 @@ class Trainer:
         name = signal.Signals(signum).name
         err = Interrupted(
             f"{name} received: stopped after epoch {self.progress.epoch + 1} step {self.progress.step_in_epoch} "
-            f"and saved {self.checkpoint_path}.\nResume with: longtail train --resume {self.run_dir}"
+            f"and saved {self.checkpoint_path}; resume with: longtail train --resume {self.run_dir}"
         )
         err.exit_code = 128 + int(signum)
         raise err

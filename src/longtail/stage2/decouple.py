@@ -197,8 +197,10 @@ def train_head(head: torch.nn.Module, batches: Callable[[int], Iterator], num_cl
 
 
 def run_decouple(run_dir: str | Path, method: str, out_dir: str | Path, *, features_dir: Optional[str | Path] = None,
-                 overrides: Optional[list[str]] = None, device: str = "auto", echo=print) -> Path:
-    """Run one stage-2 method on a finished stage-1 run and write a normal run directory to ``out_dir``.
+                 overrides: Optional[list[str]] = None, device: str = "auto", echo=print,
+                 overwrite: bool = False) -> Path:
+    """Run one stage-2 method on a finished stage-1 run and write a normal run directory to ``out_dir``
+    (a folder that already holds a run is refused unless ``overwrite``).
 
     Returns:
         ``out_dir``, holding config.yaml, decouple.yaml, model.safetensors, summary.json (with a
@@ -213,11 +215,16 @@ def run_decouple(run_dir: str | Path, method: str, out_dir: str | Path, *, featu
     src, out = RunDir(run_dir), RunDir(out_dir)
     if not src.config_path.is_file() or not src.weights_path.is_file():
         raise LongtailError(f"{src.path} is not a finished longtail run (needs config.yaml and model.safetensors)")
-    out.refuse_existing()
+    out.refuse_existing(overwrite=overwrite)
+    if features_dir is not None and Path(features_dir).resolve() == (out.path / "features").resolve():
+        raise LongtailError(f"--features {features_dir} lies inside the output run folder {out.path}; "
+                            f"pass features extracted elsewhere")
     cfg = C.load(src.config_path)
     if cfg.model.head == "cosine" and method in ("lws", "tau_norm"):
         raise LongtailError(f"{method} needs a linear stage-1 head but {src.path} has a cosine head "
                             f"(model.head=cosine); use crt or posthoc_la")
+    if overwrite:
+        out.clear()
     dev = resolve_device(device)
     t0 = time.time()
     if features_dir is None:
@@ -365,7 +372,7 @@ def _write_outputs(out, src, cfg: C.Config, sd: dict, w: torch.Tensor, b, m: dic
     out.write_text("decouple.yaml", yaml.safe_dump(dataclasses.asdict(dcfg), sort_keys=False))
     if log_rows:
         out.write_metrics(log_rows)
-    tags = {"dataset": info.get("dataset", cfg.data.name), "imbalance": cfg.data.imbalance,
+    tags = {"dataset": info.get("dataset", cfg.data.name), "imbalance": info.get("imbalance", cfg.data.imbalance),
             "method": f"{src_summary.get('method', cfg.method.name)}+{method}", "backbone": cfg.model.backbone,
             "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "augment": cfg.data.augment,
             "sampler": cfg.data.sampler, "seed": cfg.train.seed, "split_seed": cfg.data.split_seed,
@@ -375,5 +382,7 @@ def _write_outputs(out, src, cfg: C.Config, sd: dict, w: torch.Tensor, b, m: dic
     out.write_summary(summary_record(kind="decouple", name=cfg.name, tags=tags, metrics=m, train_counts=counts,
                                      class_names=names, wall_seconds=wall, env=environment(device_name(dev)),
                                      data_verified=bool(src_summary.get("data_verified", False)),
-                                     extra={"stage2": stage2}, shots=ShotRule.of(cfg.eval.__dict__)))
+                                     extra={"stage2": stage2, **({"input": src_summary["input"]}
+                                                                 if "input" in src_summary else {})},
+                                     shots=ShotRule.of(cfg.eval.__dict__)))
 

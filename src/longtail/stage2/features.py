@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from longtail.errors import DataError, LongtailError
-from longtail.fileio import atomic_write, atomic_write_json
+from longtail.fileio import atomic_write, atomic_write_json, refuse_overwrite
 
 __all__ = ["SPLITS", "FeatureSplit", "FeatureCache", "extract_features", "write_features", "read_features",
            "read_info", "load_feature_splits", "read_feature_cache", "holdout_indices", "file_sha256"]
@@ -90,8 +90,12 @@ def write_features(path: str | Path, features: np.ndarray, labels: np.ndarray, *
 @torch.no_grad()
 def extract_features(run_dir: str | Path, out_dir: str | Path, *, splits: Sequence[str] = ("train", "test"),
                      batch_size: int = 512, device: str = "auto", data_root: Optional[str] = None,
-                     holdout_fraction: Optional[float] = None, holdout_seed: int = 0) -> dict[str, Path]:
+                     holdout_fraction: Optional[float] = None, holdout_seed: int = 0,
+                     overwrite: bool = False) -> dict[str, Path]:
     """Extract the frozen backbone's features of ``run_dir`` for ``splits`` into ``out_dir``.
+
+    A folder that already holds features (``features.json`` or a ``features_*.h5``) is refused unless
+    ``overwrite``; then its feature files are replaced once the run has been loaded and checked.
 
     The train split is the long-tailed train split in its stored order. ``val`` exists only for
     datasets with a validation split (list datasets). With ``holdout_fraction`` and no val split,
@@ -104,7 +108,7 @@ def extract_features(run_dir: str | Path, out_dir: str | Path, *, splits: Sequen
 
     from longtail.data.pipeline import eval_batches
     from longtail.engine.devices import resolve_device
-    from longtail.engine.run import load_run
+    from longtail.engine.run import load_run, split_imbalance
     from longtail.rundir import RunDir
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -118,6 +122,9 @@ def extract_features(run_dir: str | Path, out_dir: str | Path, *, splits: Sequen
     if not rd.weights_path.is_file():
         raise LongtailError(f"{run_dir} has no model.safetensors: finish the run first (longtail train --resume "
                             f"{run_dir})")
+    existing = _feature_files(out_dir)
+    if existing and not overwrite:
+        refuse_overwrite(existing[0], "features", overwrite)
     dev = resolve_device(device)
     cfg, pieces = load_run(run_dir, dev, [f"data.root={data_root}"] if data_root else [])
     ds, network = pieces.dataset, pieces.network
@@ -126,6 +133,8 @@ def extract_features(run_dir: str | Path, out_dir: str | Path, *, splits: Sequen
             raise LongtailError(f"{ds.name} has no '{s}' split (only list datasets with data.val_list have one); "
                                 f"extract train and test, and select on a train hold-out instead")
     weights_sha = file_sha256(rd.weights_path)
+    for stale in existing:  # --overwrite: no file of the old extraction may outlive it
+        stale.unlink(missing_ok=True)
     paths, sizes, dims = {}, {}, {}
     for s in splits:
         batches = eval_batches(cfg.data, ds, batch_size=batch_size, device=dev, split=getattr(ds, s))
@@ -152,7 +161,7 @@ def extract_features(run_dir: str | Path, out_dir: str | Path, *, splits: Sequen
             "feature_dim": int(next(iter(dims.values()))), "sizes": sizes, "has_val": ds.val is not None,
             "model_sha256": weights_sha, "holdout": None,
             # tags of the source run, so stage-2 and DLSA runs on these features are labelled like it
-            "imbalance": cfg.data.imbalance, "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
+            "imbalance": split_imbalance(ds), "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
             "augment": cfg.data.augment, "seed": cfg.train.seed, "data_verified": bool(ds.verified and cfg.data.verify),
             "shot_rule": {"many_above": cfg.eval.many_above, "few_below": cfg.eval.few_below}}
     if holdout_fraction is not None and ds.val is None:
@@ -161,6 +170,13 @@ def extract_features(run_dir: str | Path, out_dir: str | Path, *, splits: Sequen
                            "from": "train", "note": "stage 1 was trained on these images"}
     atomic_write_json(out_dir / "features.json", info)
     return paths
+
+
+def _feature_files(folder: Path) -> list[Path]:
+    """The feature files in ``folder``: ``features.json`` first, then every ``features_*.h5``."""
+    if not folder.is_dir():
+        return []
+    return [p for p in [folder / "features.json"] if p.exists()] + sorted(folder.glob("features_*.h5"))
 
 
 def _describe_transform(batches) -> str:

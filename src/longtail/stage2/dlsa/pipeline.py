@@ -19,7 +19,7 @@ from longtail.stage2.dlsa.config import DLSAConfig, load_dlsa_config
 from longtail.stage2.dlsa.filtering import cluster_stats, llh_threshold, prior_table
 from longtail.stage2.dlsa.mixture import score
 from longtail.stage2.dlsa.train_flow import train_flow
-from longtail.errors import DataError
+from longtail.errors import DataError, LongtailError
 from longtail.fileio import atomic_write
 from longtail.metrics import MetricAccumulator
 from longtail.rundir import RunDir, environment, summary_record
@@ -53,8 +53,9 @@ def _stage_entry(stage: int, kind: str, train_mask: torch.Tensor, test_idx: torc
 
 def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Optional[str | Path] = None,
              overrides: Optional[list[str]] = None, device: str = "auto",
-             echo: Callable[[str], None] = print) -> Path:
-    """Run DLSA on a feature cache and write a run directory.
+             echo: Callable[[str], None] = print, overwrite: bool = False) -> Path:
+    """Run DLSA on a feature cache and write a run directory (a folder that already holds a run is refused
+    unless ``overwrite``).
 
     Writes ``config.yaml`` (resolved DLSA config), ``metrics.jsonl`` (one line per flow or classifier
     epoch), ``predictions.npz`` (test labels, predictions and owner stage; 0 = regular classifier) and
@@ -75,8 +76,14 @@ def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Opti
     t0 = time.time()
     cfg: DLSAConfig = load_dlsa_config(config_path, overrides)
     dev = resolve_device(device)
-    cache = read_feature_cache(features_dir)
     rd = RunDir(out_dir)
+    rd.refuse_existing(overwrite=overwrite)
+    if overwrite and Path(features_dir).resolve() == (rd.path / "features").resolve():
+        raise LongtailError(f"--features {features_dir} lies inside the run folder {rd.path} that --overwrite "
+                            f"would clear; pass features kept elsewhere")
+    cache = read_feature_cache(features_dir)
+    if overwrite:
+        rd.clear()
     out = rd.create().path
     rd.write_config(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     C = cache.num_classes
@@ -160,7 +167,7 @@ def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Opti
                 "flow_epoch": flow_sel["epoch"], "val_count": int(filt["val"].numel()) if "val" in filt else 0,
                 "selected_epoch": sel["epoch"]}))
             echo(f"dlsa: stage {t}: filtered {ftr.numel()} train / {filt['test'].numel()} test samples, "
-                 f"accuracy {stages[-1]['accuracy']}")
+                 f"accuracy {_pct(stages[-1]['accuracy'])}")
             for s in splits:
                 active[s][filt[s]] = False
 
@@ -209,9 +216,14 @@ def run_dlsa(features_dir: str | Path, out_dir: str | Path, *, config_path: Opti
                              env=environment(device_name(dev)), data_verified=bool(meta.get("data_verified", True)),
                              extra={"feature_source": str(features_dir), "stages": stages}, shots=shots)
     path = rd.write_summary(summary)
-    echo(f"dlsa: top-1 {summary['top1']:.2f} (many {summary['many']}, medium {summary['medium']}, "
-         f"few {summary['few']}); wrote {out}")
+    echo(f"dlsa: top-1 {_pct(summary['top1'])} (Many {_pct(summary['many'])}, Medium {_pct(summary['medium'])}, "
+         f"Few {_pct(summary['few'])}); wrote {out}")
     return path
+
+
+def _pct(v) -> str:
+    """A percentage as printed: two decimals, "—" for none (an empty group or no test sample)."""
+    return "—" if v is None else f"{v:.2f}"
 
 
 def _savez(path: Path, **arrays) -> None:
