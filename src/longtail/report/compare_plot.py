@@ -82,7 +82,8 @@ def comparison_figure(groups: Sequence[Group]) -> Figure:
         ax.plot(x[keep], m[keep], marker="o", markersize=3, linewidth=1.2, color=colour, label=legend_label(g))
         band = keep & ~np.isnan(s)
         if band.any():
-            ax.fill_between(x[band], (m - s)[band], (m + s)[band], color=colour, alpha=0.18, linewidth=0)
+            lo, hi = np.clip(m - s, 0, 100), np.clip(m + s, 0, 100)  # an accuracy stays in [0, 100]
+            ax.fill_between(x[band], lo[band], hi[band], color=colour, alpha=0.18, linewidth=0)
         all_counts += list(x)
     rules = {shot_rule(g.summary) for g in groups}
     if len(rules) == 1:

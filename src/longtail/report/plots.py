@@ -54,7 +54,7 @@ def per_class_vs_count(counts: Sequence[int], accuracy: Sequence[Optional[float]
 def shot_groups(values: dict[str, Optional[float]], shots: dict[str, int], title: str) -> Figure:
     """Bars for Many / Medium / Few / overall; an empty group (``None``) gets no bar and "no class"."""
     names = ["many", "medium", "few", "top1"]
-    labels = [f"{GROUP_LABELS[g]}\n({shots.get(g, 0)} classes)" for g in GROUPS] + ["Overall"]
+    labels = [f"{GROUP_LABELS[g]}\n({_classes(shots.get(g, 0))})" for g in GROUPS] + ["Overall"]
     colours = [GROUP_COLOURS["many"], GROUP_COLOURS["medium"], GROUP_COLOURS["few"], "tab:grey"]
     fig = new_figure(title, (5.6, 4.0))
     ax = fig.subplots()
@@ -250,3 +250,7 @@ def dlsa_stages(stages: Sequence[dict], title: str) -> Optional[Figure]:
     ax3.set_ylim(0, 100)
     ax2.set_title("test samples and accuracy per stage", fontsize=10)
     return fig
+
+
+def _classes(n: int) -> str:
+    return f"{n} class" if n == 1 else f"{n} classes"
