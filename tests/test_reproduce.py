@@ -13,7 +13,7 @@ import yaml
 import longtail.engine.run as run_mod
 from longtail import config as C
 from longtail.errors import LongtailError
-from longtail.reproduce import TARGETS, load_suite, run_suite, target_for
+from longtail.reproduce import TARGETS, Target, load_suite, run_suite, target_for
 
 SMOKE_NAMES = [f"digits_r10_{m}_s{s}" for m in ("ce", "la", "bcl", "bbl") for s in (0, 1)]
 TINY = ["model.backbone=resnet8", "model.width=8", "train.epochs=2", "train.batch_size=64",
@@ -177,29 +177,48 @@ def test_shipped_suites_expand():
 
 def test_targets_lookup():
     s = {"dataset": "cifar10", "method": "bcl", "imbalance": 100, "backbone": "resnet32"}
-    assert target_for(s) == (84.32, "[S]")
+    assert target_for(s) == Target(84.32, "published", "arXiv 2207.09052, confirmed")
     assert target_for(dict(s, backbone="resnet8")) is None
     assert target_for(dict(s, method="la", imbalance=10)) is None  # LA is published at rho = 100 only
-    assert TARGETS[("cifar10", "bbl", 100.0)][1].startswith("goal")
-    assert target_for(dict(s, method="ldam_drw", imbalance=50.0)) == (81.03, "[P]")
+    assert target_for(dict(s, method="ldam_drw", imbalance=50.0)).value == 81.03
+    assert "unconfirmed" in target_for(dict(s, method="ldam_drw", imbalance=50.0)).source
+    assert target_for(dict(s, method="proco")).value == 85.9
+
+
+def test_published_numbers_and_our_goals_are_labelled_apart():
+    """Every reference is either a published number naming its source or our own goal; a goal is labelled
+    as ours, and no label calls anything 'paper'."""
+    kinds = {k: t.kind for k, t in TARGETS.items()}
+    assert set(kinds.values()) == {"published", "goal"}
+    assert [k for k, v in kinds.items() if v == "goal"] == [("cifar10", "bbl", 100.0)]
+    for t in TARGETS.values():
+        assert "paper" not in t.label.lower()
+        if t.kind == "published":
+            assert t.label.startswith("published (") and ("arXiv" in t.source or "official" in t.source)
+        else:
+            assert t.label.startswith("our goal (")
 
 
 def test_targets_table_gap_and_verdict():
     from longtail.reproduce import _targets_table
 
-    def run(top1, seed, epochs=200, done=200):
-        return {"dataset": "cifar10", "method": "bcl", "imbalance": 100, "backbone": "resnet32", "seed": seed,
+    def run(top1, seed, epochs=200, done=200, method="bcl"):
+        return {"dataset": "cifar10", "method": method, "imbalance": 100, "backbone": "resnet32", "seed": seed,
                 "top1": top1, "epochs": epochs, "completed_epochs": done}
 
     full = [run(83.5, 0), run(83.4, 1), run(83.6, 2)]  # mean 83.5, 0.82 below 84.32: passes
     low = [dict(r, imbalance=10) for r in full]  # 7.62 below 91.12: fails
     short = [run(83.5, 0, epochs=20, done=20)]
-    table, bars, notes = _targets_table([full, low, short])
+    bbl = [run(86.5, s, method="bbl") for s in range(3)]
+    table, bars, notes = _targets_table([full, low, short, bbl])
+    pub = "published (arXiv 2207.09052, confirmed)"
     rows = table.splitlines()[2:]
-    assert rows[0].endswith("| 83.50 ± 0.10 | 84.32 | [S] | -0.82 | pass |")
-    assert rows[1].endswith("| 91.12 | [S] | -7.62 | FAIL |")
-    assert rows[2].endswith("| 83.50 ± — | 84.32 | [S] | -0.82 | on track (provisional) |")
-    assert bars[0] == ("bcl ρ=100", pytest.approx(83.5), 84.32)
+    assert rows[0].endswith(f"| 83.50 ± 0.10 | 84.32 | {pub} | -0.82 | pass |")
+    assert rows[1].endswith(f"| 91.12 | {pub} | -7.62 | FAIL |")
+    assert rows[2].endswith(f"| 83.50 ± — | 84.32 | {pub} | -0.82 | on track (provisional) |")
+    assert rows[3].endswith("| 86.00 | our goal (BBL has no usable published number) | +0.50 | pass |")
+    assert bars[0][:2] == ("bcl ρ=100", pytest.approx(83.5)) and bars[0][2].value == 84.32
+    assert bars[3][2].kind == "goal"
     assert any("1 seed (the rule needs 3)" in n for n in notes)
     assert any("shortened schedule (20 epochs" in n for n in notes)
     assert len(notes) == 2  # both from the short one-seed group; the full 3-seed groups need none
