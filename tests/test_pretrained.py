@@ -499,3 +499,23 @@ def test_quickstart_then_finetune_from_its_model_safetensors(tmp_path, capsys):
     code = main(["train", "--config", str(quick), "--out", str(third), *common, f"model.pretrained={first}",
                  "model.pretrained_classifier=true", "train.max_steps=1"])
     assert code == 0 and "classifier loaded (classifier.bias, classifier.weight)" in capsys.readouterr().out
+
+
+def test_resume_with_other_frozen_stages_is_refused_and_changes_nothing(tmp_path, capsys):
+    run = train(full_cfg(**{"train.epochs": 1, "train.max_steps": 1}), out=str(tmp_path / "r"), echo=quiet)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, _, err = run_cli(["train", "--resume", str(run), "model.freeze_stages=2", "train.max_steps=2"], capsys)
+    assert code == 2 and "groups of [21, 2]" in err and "model.freeze_stages" in err, err
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_a_checkpoint_from_before_the_groups_resumes_bit_exactly(tmp_path, monkeypatch):
+    cfg = full_cfg(**{"train.epochs": 2})
+    whole = train(cfg, out=str(tmp_path / "whole"), echo=quiet)
+    with monkeypatch.context() as m:
+        m.setattr(T, "build_optimizer", _old_build_optimizer)
+        old = train(full_cfg(**{"train.epochs": 1}), out=str(tmp_path / "old"), echo=quiet)
+    assert len(torch.load(old / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]) == 1
+    train(cfg, resume=str(old), echo=quiet)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(old / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

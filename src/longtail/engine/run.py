@@ -29,6 +29,7 @@ from longtail.engine.checkpoint import check_shapes, load_checkpoint
 from longtail.engine.devices import device_name, resolve_device, seed_everything
 from longtail.engine.evaluator import evaluate, format_table, shot_rule
 from longtail.engine.logging import NullLogger, RunLogger
+from longtail.engine.param_groups import param_groups
 from longtail.engine.trainer import Trainer, compile_fn
 from longtail.errors import CheckpointError, ConfigError
 from longtail.methods import create_method
@@ -188,6 +189,7 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
             echo(f"{rd.path} is finished ({_progress_text(state, cfg)}): nothing to do, nothing was changed. "
                  f"To train it further, resume with a larger train.epochs or train.max_steps")
             return
+        _check_optimizer_groups(state, pieces.network, cfg, rd.checkpoint_path)
         pretrained = rd.read_json(PRETRAINED_FILE)  # the checkpoint's weights replace the file's
     elif cfg.model.pretrained:
         # every check of the file runs here, before anything in the run directory is written
@@ -232,6 +234,18 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
     rd.write_summary(_train_summary(cfg, ds, metrics, trainer, device, command, pretrained))
     echo(format_table(metrics))
     echo(f"run directory: {rd.path}  (report: longtail report {rd.path})")
+
+
+def _check_optimizer_groups(state: dict, network: torch.nn.Module, cfg: C.Config, path: Path) -> None:
+    """The checkpoint's optimiser has the parameter groups this config trains (a checkpoint from before the
+    groups existed, one group over every parameter, also fits); else a CheckpointError before anything is
+    written."""
+    saved = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+    ours = [len(g["params"]) for g in param_groups(network, cfg)]
+    if saved != ours and not (len(saved) == 1 and saved[0] == sum(ours)):
+        raise CheckpointError(f"cannot resume from {path}: it trained {sum(saved)} parameters in groups of {saved}, "
+                              f"the current config trains {sum(ours)} in groups of {ours} (was model.freeze_stages "
+                              f"changed?). Resume with the run's own config.yaml, or start a new run")
 
 
 def split_imbalance(ds: Dataset) -> Optional[float]:
