@@ -199,6 +199,17 @@ def test_strict_mismatch_is_one_line_naming_keys_shapes_and_the_fix(tmp_path):
     assert_backbone_equals(n, before)  # nothing copied
 
 
+def test_files_without_batchnorm_counters_load_strictly(tmp_path):
+    src = {k: v for k, v in without_fc(source()).items() if not k.endswith("num_batches_tracked")}
+    torch.save(src, tmp_path / "old_torchvision_style.pth")
+    n = net(0)
+    counters = {k: v.clone() for k, v in n.backbone.state_dict().items() if k.endswith("num_batches_tracked")}
+    r = load_pretrained(n, tmp_path / "old_torchvision_style.pth")
+    own = n.backbone.state_dict()
+    assert r["missing"] == [] and r["loaded"] == len(src) == len(own) - len(counters)
+    assert all(torch.equal(own[k], v) for k, v in {**src, **counters}.items())
+
+
 def test_missing_backbone_tensor_is_an_error_naming_it(tmp_path):
     src = without_fc(source())
     del src["layer2.0.bn1.running_var"]
@@ -217,7 +228,7 @@ class _NotATensor:
     (b"garbage" * 10, "is not a PyTorch weights file"),
     ([1, 2, 3], "is not a state dict (it holds a list)"),
     ({"epoch": 3, "arch": "resnet"}, "is not a state dict (it holds a dict with keys epoch, arch)"),
-    ("object", "cannot be loaded with weights_only=True _NotATensor object)"),
+    ("object", "cannot be loaded with weights_only=True (it holds a "),
     ("safetensors-garbage", "is not a readable safetensors file"),
     ({"fc.weight": torch.zeros(5, 16)}, "no tensor of the file fits"),
 ])
@@ -236,6 +247,8 @@ def test_bad_files_are_one_line_errors(tmp_path, content, needle):
     with pytest.raises(ConfigError) as e:
         load_pretrained(n, path, strict=False)
     assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    if content == "object":
+        assert "_NotATensor object); re-save only its tensors" in str(e.value)
     assert_backbone_equals(n, before)
 
 
@@ -499,6 +512,11 @@ def test_quickstart_then_finetune_from_its_model_safetensors(tmp_path, capsys):
     code = main(["train", "--config", str(quick), "--out", str(third), *common, f"model.pretrained={first}",
                  "model.pretrained_classifier=true", "train.max_steps=1"])
     assert code == 0 and "classifier loaded (classifier.bias, classifier.weight)" in capsys.readouterr().out
+    # a fine-tuned run is evaluated from its own weights: the file is not needed any more
+    import shutil
+
+    shutil.rmtree(first)
+    assert main(["eval", str(second)]) == 0 and "agrees with summary.json" in capsys.readouterr().out
 
 
 def test_resume_with_other_frozen_stages_is_refused_and_changes_nothing(tmp_path, capsys):

@@ -59,7 +59,7 @@ def apply_finetuning(network: nn.Module, model_cfg) -> nn.Module:
         stages = backbone_stages(backbone)
         if not stages:
             raise ConfigError(f"model.freeze_stages={k}: longtail does not know the stages of {model_cfg.backbone}; "
-                              f"give the backbone a stage_names() method (see docs/api.md) or set model.freeze_stages=0")
+                              f"give the backbone a stage_names() method (docs/api.md) or set model.freeze_stages=0")
         if k > len(stages) - 1:
             raise ConfigError(f"model.freeze_stages={k} but {model_cfg.backbone} has {len(stages) - 1} stages after "
                               f"its stem; use 0 to {len(stages) - 1}")

@@ -284,12 +284,12 @@ def load_pretrained(network: nn.Module, path: str | Path, *, strict: bool = True
         for k, v in cls_take.items():
             own_cls[k].copy_(v)
     skipped_cls = sorted(cls_keys[k] for k in cls if k not in cls_take)
+    shapes = [{"key": k, "file": _shape(body[k]), "model": _shape(own[k])} for k in mismatched[:LIST_LIMIT]]
     return {**info, "sha256": file_sha256(Path(info["path"])), "strict": bool(strict),
             "prefixes_stripped": prefixes, "file_tensors": len(sd), "backbone_tensors": len(own),
-            "loaded": len(take), "classifier_loaded": sorted(cls_keys[k] for k in cls_take), "classifier_note": cls_note,
-            "missing": _listed(missing), "missing_count": len(missing),
-            "mismatched": [{"key": k, "file": _shape(body[k]), "model": _shape(own[k])} for k in mismatched[:LIST_LIMIT]],
-            "mismatched_count": len(mismatched), "unexpected": _listed(unexpected),
+            "loaded": len(take), "classifier_loaded": sorted(cls_keys[k] for k in cls_take),
+            "classifier_note": cls_note, "missing": _listed(missing), "missing_count": len(missing),
+            "mismatched": shapes, "mismatched_count": len(mismatched), "unexpected": _listed(unexpected),
             "unexpected_count": len(unexpected), "classifier_skipped": _listed(skipped_cls)}
 
 
