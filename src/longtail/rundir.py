@@ -9,6 +9,7 @@ and ``eval``, ``report``, ``compare``, ``extract`` read it through the same clas
       summary.json         the final record: see :func:`summary_record`
       checkpoints/last.pt  training state for resuming (train only)
       model.safetensors    final weights, loadable without pickle
+      pretrained.json      the report of the pretrained weights it started from (model.pretrained)
       tb/                  TensorBoard events
       report/              report.md, per_class.csv, figures
 
@@ -118,7 +119,7 @@ class RunDir:
 
     #: every entry a run writes at its top level (``--overwrite`` removes exactly these, nothing else)
     ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "model.safetensors", "tb", "report",
-               "decouple.yaml", "features", "predictions.npz")
+               "decouple.yaml", "features", "predictions.npz", "pretrained.json")
 
     def holds_run(self) -> bool:
         """True when a run was started or finished here (any of its files exists)."""
@@ -189,6 +190,16 @@ class RunDir:
             return json.loads(self.summary_path.read_text())
         except (OSError, ValueError) as e:
             raise LongtailError(f"{self.summary_path} cannot be read ({e}); the run directory is damaged") from None
+
+    def read_json(self, name: str) -> Optional[Any]:
+        """A JSON file of the run (e.g. ``pretrained.json``), or None when it has none."""
+        p = self.path / name
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise LongtailError(f"{p} cannot be read ({e}); the run directory is damaged") from None
 
     def require_config(self) -> Path:
         if not self.config_path.is_file():

@@ -74,12 +74,22 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The network: backbone and classifier head."""
+    """The network: backbone and classifier head, and fine-tuning from pretrained weights."""
 
     backbone: str = key("resnet32", help="a registered backbone, e.g. resnet32 (CIFAR) | resnet50 | resnext50_32x4d")
     head: str = key("linear", help="a registered classifier head: linear | cosine")
     scale: float = key(30.0, help="cosine head: scale sigma of the cosine logits")
     width: int = key(16, help="CIFAR ResNets: channels of the first stage")
+    pretrained: Optional[str] = key(None, help="initialise the backbone from a local weights file (.pth, .pt, "
+                                               ".safetensors, or a longtail run); null = random init")
+    pretrained_strict: bool = key(True, help="every backbone tensor must be in model.pretrained with our shape; "
+                                             "false: load those that fit and report the rest")
+    pretrained_classifier: bool = key(False, help="also load model.pretrained's classifier (fc/head/classifier) "
+                                                  "into ours when its shape matches")
+    freeze_bn: bool = key(False, help="backbone BatchNorm layers stay in eval mode: running statistics frozen, "
+                                      "affine parameters still trained")
+    freeze_stages: int = key(0, help="freeze the backbone's stem and first k stages (no gradient, eval mode); "
+                                     "0 = none")
 
 
 def param(default: Any, *, help: str = "", at_least: Optional[float] = None, above: Optional[float] = None,
@@ -127,6 +137,8 @@ class OptimConfig:
     milestones: list[int] = key(help="step schedule: 0-based epochs at which the lr is multiplied by gamma",
                                 factory=lambda: [160, 180])
     gamma: float = key(0.01, help="step schedule: factor applied to the lr at each milestone")
+    backbone_lr_scale: float = key(1.0, help="the backbone's lr is optim.lr times this (fine-tuning: e.g. 0.1); "
+                                             "heads use optim.lr")
     grad_clip: Optional[float] = key(None, help="clip the gradient norm to this value; null = off")
     impl: str = key("auto", help="optimiser implementation: auto (fused on CUDA and CPU, torch's default "
                                  "elsewhere) | fused | foreach | for_loop")

@@ -49,6 +49,10 @@ def validate(cfg: Config) -> Config:
     _choice("model.head", cfg.model.head, HEADS.names())
     BACKBONES.get(cfg.model.backbone)  # a ConfigError naming the closest backbone
     _check(cfg.model.scale > 0, f"model.scale must be > 0 (got {cfg.model.scale})")
+    m = cfg.model
+    _check(m.freeze_stages >= 0, f"model.freeze_stages must be >= 0 (got {m.freeze_stages}); 0 freezes nothing")
+    _check(m.pretrained is None or bool(str(m.pretrained).strip()),
+           "model.pretrained must be a weights file or null (got an empty string)")
     _check(bool(cfg.method.name), "method.name must name a method, e.g. ce (see longtail.methods.list_methods())")
     method = METHODS.get(cfg.method.name)
     if not isinstance(cfg.method, getattr(method, "Params", type(cfg.method))):
@@ -64,6 +68,8 @@ def validate(cfg: Config) -> Config:
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs})")
     _choice("optim.schedule", o.schedule, ("step", "cosine", "bcl_cosine", "constant"))
     _check(o.gamma > 0, f"optim.gamma must be > 0 (got {o.gamma})")
+    _check(o.backbone_lr_scale > 0, f"optim.backbone_lr_scale must be > 0 (got {o.backbone_lr_scale}); to keep "
+                                    f"the backbone fixed use model.freeze_stages")
     _check(all(x >= 0 for x in o.milestones), f"optim.milestones must be >= 0 (got {o.milestones})")
     _check(o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be > 0 or null (got {o.grad_clip})")
     _choice("optim.impl", o.impl, ("auto", "fused", "foreach", "for_loop"))

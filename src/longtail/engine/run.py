@@ -29,9 +29,12 @@ from longtail.engine.checkpoint import check_shapes, load_checkpoint
 from longtail.engine.devices import device_name, resolve_device, seed_everything
 from longtail.engine.evaluator import evaluate, format_table, shot_rule
 from longtail.engine.logging import NullLogger, RunLogger
+from longtail.engine.param_groups import param_groups
 from longtail.engine.trainer import Trainer, compile_fn
 from longtail.errors import CheckpointError, ConfigError
 from longtail.methods import create_method
+from longtail.models.finetune import apply_finetuning
+from longtail.models.pretrained import load_pretrained, report_line
 from longtail.rundir import RunDir, environment, git_commit, summary_record
 
 __all__ = ["Pieces", "build_pieces", "load_run", "train", "evaluate_run", "load_resume_config", "resolve_device",
@@ -54,7 +57,7 @@ def build_pieces(cfg: C.Config, device: torch.device, dataset: Optional[Dataset]
     process's share of a distributed run."""
     ds = dataset or build_dataset(cfg.data)
     method = create_method(cfg, ds.train_counts)
-    network = method.build_network(ds.num_classes, ds.in_channels)
+    network = apply_finetuning(method.build_network(ds.num_classes, ds.in_channels), cfg.model)
     method.to(device)
     if cfg.train.sync_bn and dist.is_distributed():
         if device.type != "cuda":
@@ -178,6 +181,7 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
     if dist.is_distributed() and dist.is_main():
         dist.barrier()
     ds = pieces.dataset
+    pretrained = None
     if state is not None:
         check_shapes(pieces.network, state["model"], rd.checkpoint_path)
         if rd.is_finished() and _finished(state, cfg):
@@ -185,6 +189,13 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
             echo(f"{rd.path} is finished ({_progress_text(state, cfg)}): nothing to do, nothing was changed. "
                  f"To train it further, resume with a larger train.epochs or train.max_steps")
             return
+        _check_optimizer_groups(state, pieces.network, cfg, rd.checkpoint_path)
+        pretrained = rd.read_json(PRETRAINED_FILE)  # the checkpoint's weights replace the file's
+    elif cfg.model.pretrained:
+        # every check of the file runs here, before anything in the run directory is written
+        pretrained = load_pretrained(pieces.network, cfg.model.pretrained, strict=cfg.model.pretrained_strict,
+                                     classifier=cfg.model.pretrained_classifier, backbone_name=cfg.model.backbone)
+        echo(report_line(pretrained))
     # evaluation's forward; the training step's forward + loss is compiled by the Trainer as one graph
     forward = compile_fn(pieces.network, cfg.train) if cfg.train.compile else pieces.network
     train_forward = pieces.network
@@ -199,6 +210,8 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
         if clear:  # --overwrite: the old run's files go only now, once everything was checked
             rd.clear()
         rd.create().write_config(C.dump(cfg))
+        if pretrained is not None and state is None:
+            rd.write_json(PRETRAINED_FILE, pretrained)
         logger = RunLogger(rd.path)
     else:
         logger = NullLogger()
@@ -218,9 +231,21 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
     if not dist.is_main():
         return
     rd.write_weights(pieces.network.state_dict())
-    rd.write_summary(_train_summary(cfg, ds, metrics, trainer, device, command))
+    rd.write_summary(_train_summary(cfg, ds, metrics, trainer, device, command, pretrained))
     echo(format_table(metrics))
     echo(f"run directory: {rd.path}  (report: longtail report {rd.path})")
+
+
+def _check_optimizer_groups(state: dict, network: torch.nn.Module, cfg: C.Config, path: Path) -> None:
+    """The checkpoint's optimiser has the parameter groups this config trains (a checkpoint from before the
+    groups existed, one group over every parameter, also fits); else a CheckpointError before anything is
+    written."""
+    saved = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+    ours = [len(g["params"]) for g in param_groups(network, cfg)]
+    if saved != ours and not (len(saved) == 1 and saved[0] == sum(ours)):
+        raise CheckpointError(f"cannot resume from {path}: it trained {sum(saved)} parameters in groups of {saved}, "
+                              f"the current config trains {sum(ours)} in groups of {ours} (was model.freeze_stages "
+                              f"changed?). Resume with the run's own config.yaml, or start a new run")
 
 
 def split_imbalance(ds: Dataset) -> Optional[float]:
@@ -237,7 +262,7 @@ def _imbalance_text(ds: Dataset) -> str:
 
 
 def _train_summary(cfg: C.Config, ds: Dataset, metrics: dict, trainer: Trainer, device: torch.device,
-                   command: str) -> dict:
+                   command: str, pretrained: Optional[dict] = None) -> dict:
     p = trainer.progress
     tags = {"dataset": ds.name, "imbalance": split_imbalance(ds), "method": cfg.method.name,
             "backbone": cfg.model.backbone, "epochs": cfg.train.epochs,
@@ -249,7 +274,21 @@ def _train_summary(cfg: C.Config, ds: Dataset, metrics: dict, trainer: Trainer, 
                           train_counts=ds.train_counts, class_names=ds.class_names, wall_seconds=p.wall_seconds,
                           env=environment(device_name(device), command),
                           data_verified=bool(ds.verified and cfg.data.verify), shots=shot_rule(cfg.eval),
-                          extra={"input": input_record(ds), "split_generated": ds.imbalance is not None})
+                          extra={"input": input_record(ds), "split_generated": ds.imbalance is not None,
+                                 **({"pretrained": pretrained_record(pretrained)} if pretrained else {})})
+
+
+#: the full report of the pretrained weights a run started from, in its run directory
+PRETRAINED_FILE = "pretrained.json"
+
+
+def pretrained_record(report: Optional[dict]) -> Optional[dict]:
+    """``summary.json``'s ``pretrained``: the file, its sha256 and the counts (the lists are in pretrained.json);
+    None for a run from random init."""
+    if report is None:
+        return None
+    return {k: report.get(k) for k in ("path", "sha256", "format", "strict", "loaded", "backbone_tensors",
+                                       "classifier_loaded", "missing_count", "mismatched_count", "unexpected_count")}
 
 
 def input_record(ds: Dataset) -> dict:

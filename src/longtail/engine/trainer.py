@@ -30,6 +30,7 @@ from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import save_checkpoint
 from longtail.engine.evaluator import autocast_context, evaluate, shot_rule
 from longtail.engine.logging import RunLogger, epoch_line, progress_bar
+from longtail.engine.param_groups import param_groups, regroup_optimizer_state
 from longtail.engine.schedule import lr_at
 from longtail.errors import ConfigError, Interrupted, NonFiniteLossError
 
@@ -64,10 +65,15 @@ def compile_fn(fn: Callable, train_cfg) -> Callable:
 
 
 def build_optimizer(network: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
-    """SGD with momentum / nesterov; weight decay on every parameter (the LDAM/BCL convention)."""
+    """SGD with momentum / nesterov over the trainable parameters in the groups of :func:`param_groups`
+    (backbone, head, projection; each group's lr is ``optim.lr`` times its ``lr_scale``); weight decay on
+    every trainable parameter (the LDAM/BCL convention)."""
     o = cfg.optim
-    device_type = next(network.parameters()).device.type
-    return torch.optim.SGD(network.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+    groups = param_groups(network, cfg)
+    if not groups:
+        raise ConfigError("no parameter is left to train: model.freeze_stages freezes the whole network")
+    device_type = groups[0]["params"][0].device.type
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                            weight_decay=o.weight_decay, **optimizer_impl(o.impl, device_type))
 
 
@@ -225,7 +231,10 @@ class Trainer:
         self.network.load_state_dict(state["model"])
         if "method" in state:
             self.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        built = [{k: g[k] for k in ("name", "lr_scale") if k in g} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(regroup_optimizer_state(state["optimizer"], self.optimizer))
+        for g, b in zip(self.optimizer.param_groups, built):  # the config's lr scales, not the checkpoint's
+            g.update(b)
         self.progress = Progress(int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"]),
                                  float(state.get("wall_seconds", 0.0)))
         torch.set_rng_state(state["rng"]["torch"])
@@ -274,7 +283,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         lr = lr_at(epoch, cfg.train.epochs, cfg.optim)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.method.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
         self.network.train()
         dev = self.device

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from longtail.config import ModelConfig
 from longtail.errors import ConfigError
 from longtail.models.backbones import create_backbone
+from longtail.models.finetune import apply_train_mode
 from longtail.models.heads import build_head
 
 
@@ -51,6 +52,17 @@ class Network(nn.Module):
         _check_classifier(classifier, self.out_dim)
         self.classifier = classifier
         self.heads = nn.ModuleDict(heads or {})
+        # fine-tuning (models/finetune.py): backbone submodules kept in eval mode, and frozen BN statistics
+        self.frozen_modules: tuple[str, ...] = ()
+        self.freeze_bn = False
+
+    def train(self, mode: bool = True) -> "Network":
+        """The usual mode switch; frozen stages and (``freeze_bn``) the backbone's BatchNorm layers stay in
+        eval mode while training."""
+        super().train(mode)
+        if self.frozen_modules or self.freeze_bn:
+            apply_train_mode(self)
+        return self
 
     @property
     def num_classes(self) -> int:
