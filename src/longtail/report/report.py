@@ -173,8 +173,9 @@ def _markdown(summary: dict[str, Any], config: Optional[dict[str, Any]], rows: l
     out += [(f"Accuracies and ECE in percent; a group with no class is shown as —. Shot groups by training "
              f"count: {rule.describe()}{default}."), ""]
     if isinstance(ema, dict):
-        out += ["The run's main metrics (summary.json's top level, compare, the figures) are the trained weights'; the EMA weights "
-                "(an exponential moving average of them, train.ema_decay) are reported beside them only.", ""]
+        out += ["The run's main metrics (summary.json's top level, compare, the figures) are the trained weights'; "
+                "the EMA weights (an exponential moving average of them, train.ema_decay) are reported beside "
+                "them only.", ""]
     note = empty_group_note(s)
     if note:
         out += [f"> **Note.** {note}", ""]
