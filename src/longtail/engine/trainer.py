@@ -95,6 +95,12 @@ def build_optimizer(network: torch.nn.Module, cfg: Config,
                            weight_decay=o.weight_decay, **impl)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write the schedule's ``lr`` into every parameter group, times the group's ``lr_scale`` if it has one."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
+
+
 @dataclass
 class Progress:
     """Where training stands: ``epoch`` epochs completed plus ``step_in_epoch`` steps of the next one."""
@@ -316,8 +322,7 @@ class Trainer:
         """One epoch from ``progress.step_in_epoch``; returns True when ``max_steps`` stopped training."""
         cfg, p = self.cfg, self.progress
         lr = lr_at(epoch, cfg.train.epochs, cfg.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
+        set_lr(self.optimizer, lr)
         self.method.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
         self.network.train()
         dev = self.device
