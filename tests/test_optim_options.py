@@ -357,3 +357,27 @@ def test_nan_guard_names_the_optimiser_step_under_accumulation(tmp_path, monkeyp
                 echo=quiet)
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+
+
+def test_accumulation_and_ema_under_ddp_equal_one_process(tmp_path):
+    """Two gloo processes, each accumulating its half of every global batch in 2 micro-batches (gradients
+    all-reduced once per step), give the weights and the EMA of one process taking full-batch steps."""
+    import subprocess
+
+    from test_ddp_train import TINY, TRAIN_SCRIPT, env, torchrun
+
+    script = tmp_path / "train_script.py"
+    script.write_text(TRAIN_SCRIPT)
+    over = TINY + ["method.name=ce", "train.epochs=1", "train.eval_every=0", "train.ema_decay=0.5"]
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), *over], env=env(FREEZE_BN="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun([str(script), str(tmp_path / "ddp"), *over, "train.accumulate=2"], timeout=300, FREEZE_BN="1")
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        a, b = load_file(str(tmp_path / "single" / name)), load_file(str(tmp_path / "ddp" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=f"{name}: {k}")
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["steps"] == 8
