@@ -305,6 +305,42 @@ def test_accumulated_step_equals_the_full_batch_step(method):
         torch.testing.assert_close(sums.totals(), ref_sums.totals(), rtol=1e-5, atol=1e-6)  # the step's loss, acc
 
 
+def test_accumulation_through_the_compiled_step():
+    """train.compile: the compiled forward + loss runs once per micro-batch (its own static shape)."""
+    ref, _ = _one_step(["method.name=cb", "method.cb_beta=0.99"], 1)
+    got, _ = _one_step(["method.name=cb", "method.cb_beta=0.99", "train.compile=true",
+                        "train.compile_backend=eager"], 2)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_steps_with_the_options_raise_no_sync_error(tmp_path):
+    """On a GPU, torch's sync debug mode turns any host sync inside the steps into an error: accumulation
+    of a class-weighted loss, label smoothing, the EMA update and fused AdamW."""
+    cfg = tiny_cfg(**{"device": "cuda", "method.name": "ldam_drw", "model.head": "cosine", "method.drw_epoch": 0,
+                      "method.label_smoothing": 0.1, "train.accumulate": 2, "train.ema_decay": 0.9,
+                      "train.ema_warmup": True, "optim.name": "adamw", "optim.lr": 1e-3})
+    dev = torch.device("cuda")
+    p = R.build_pieces(cfg, dev)
+    trainer = Trainer(cfg, tmp_path, network=p.network, method=p.method, train_batches=p.train_batches,
+                      eval_batches=p.eval_batches, device=dev, logger=NullLogger())
+    assert trainer.optimizer.defaults["fused"] is True
+    trainer.method.on_epoch_start(0, fresh=True)
+    trainer.network.train()
+    sums = EpochSums(dev)
+    batches = iter(p.train_batches.epoch(0))
+    trainer.train_step(next(batches), 0, sums)  # warm-up: lazy CUDA initialisation may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, batch in enumerate(batches, start=1):
+            trainer.train_step(batch, step, sums)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert sums.seen == len(p.dataset.train) and trainer.ema.updates == step + 1
+
+
 def test_accumulation_of_a_short_batch_that_k_does_not_divide():
     ref, _ = _one_step(["method.name=cb", "method.cb_beta=0.99"], 1, take=37)
     got, sums = _one_step(["method.name=cb", "method.cb_beta=0.99"], 4, take=37)
