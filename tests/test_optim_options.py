@@ -295,7 +295,9 @@ def _one_step(method_overrides: list[str], k: int, batch_size: int = 64, take: i
     ["method.name=ce"], ["method.name=ce", "method.label_smoothing=0.1"],
     ["method.name=cb", "method.cb_beta=0.99"],  # class-weighted mean: micro-batches weighed by their Σ w
     ["method.name=cb", "method.cb_beta=0.99", "method.cb_loss=focal"],
-    ["method.name=ldam_drw", "model.head=cosine", "method.drw_epoch=0", "method.drw_beta=0.99"]])
+    ["method.name=ldam_drw", "model.head=cosine", "method.drw_epoch=0", "method.drw_beta=0.99"],
+    [f"plugins=[{Path(__file__).resolve().parents[1] / 'examples' / 'inverse_frequency.py'}]",
+     "method.name=inverse_frequency"]])  # a plugin's weighted mean: its criterion's sample_weights
 def test_accumulated_step_equals_the_full_batch_step(method):
     ref, ref_sums = _one_step(method, 1)
     for k in (2, 4):
