@@ -46,6 +46,10 @@ class InverseFrequencyLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), targets, weight=self.weight)
 
+    def sample_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """w_{y_i} per sample: train.accumulate weighs each micro-batch by its share of sum_i w_{y_i}."""
+        return self.weight[targets]
+
 
 @register_method("inverse_frequency", params=InverseFrequencyConfig)
 class InverseFrequency(Method):

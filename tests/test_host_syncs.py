@@ -97,9 +97,9 @@ def _cold_caches() -> None:
         clear()
 
 
-def _pieces(method: str, batch_size: int, eval_batch_size: int = 500):
+def _pieces(method: str, batch_size: int, eval_batch_size: int = 500, options: tuple = ()):
     method, _, variant = method.partition(":")
-    extra = [f"method.bbl_variant={variant}"] if variant else []
+    extra = ([f"method.bbl_variant={variant}"] if variant else []) + list(options)
     # the recipe's own views (AutoAugment + Cutout, SimCLR views) on the tiny digits set
     cfg = C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml", extra +
                  ["data.name=digits", "data.imbalance=10", "model.backbone=resnet8", "model.width=8",
@@ -118,9 +118,10 @@ def _trainer(cfg, p, run_dir) -> Trainer:
     return trainer
 
 
-def _epoch_syncs(method: str, batch_size: int, monkeypatch, tmp_path) -> tuple[int, int, collections.Counter]:
+def _epoch_syncs(method: str, batch_size: int, monkeypatch, tmp_path,
+                 options: tuple = ()) -> tuple[int, int, collections.Counter]:
     monkeypatch.setattr(hostsync, "reads_are_free", lambda t: False)  # take the GPU path
-    cfg, p = _pieces(method, batch_size)
+    cfg, p = _pieces(method, batch_size, options=options)
     trainer = _trainer(cfg, p, tmp_path)
     _cold_caches()
     with SyncRecorder() as rec:
@@ -143,6 +144,19 @@ def _eval_syncs(method: str, eval_batch_size: int, monkeypatch, tmp_path) -> tup
 def test_host_syncs_do_not_grow_with_the_number_of_steps(method, monkeypatch, tmp_path):
     steps_a, syncs_a, hits_a = _epoch_syncs(method, 64, monkeypatch, tmp_path / "a")
     steps_b, syncs_b, hits_b = _epoch_syncs(method, 160, monkeypatch, tmp_path / "b")
+    assert steps_a >= 2 * steps_b >= 6
+    assert syncs_a == syncs_b, (f"host syncs per epoch grow with the steps ({syncs_b} at {steps_b} steps, {syncs_a} at {steps_a}): "
+                                f"{dict(hits_a - hits_b)}")
+
+
+@pytest.mark.parametrize("method,options", [
+    ("ce", ("train.accumulate=4",)), ("cb", ("train.accumulate=2",)),  # a plain and a class-weighted mean
+    ("ldam_drw", ("train.accumulate=2", "method.drw_epoch=0", "method.label_smoothing=0.1")),
+    ("ce", ("train.ema_decay=0.9", "train.ema_warmup=true", "optim.name=adamw"))])
+def test_training_options_add_no_host_syncs_per_step(method, options, monkeypatch, tmp_path):
+    """Gradient accumulation (its micro-batch shares stay on the device), the EMA update and AdamW."""
+    steps_a, syncs_a, hits_a = _epoch_syncs(method, 64, monkeypatch, tmp_path / "a", options)
+    steps_b, syncs_b, hits_b = _epoch_syncs(method, 160, monkeypatch, tmp_path / "b", options)
     assert steps_a >= 2 * steps_b >= 6
     assert syncs_a == syncs_b, (f"host syncs per epoch grow with the steps ({syncs_b} at {steps_b} steps, {syncs_a} at {steps_a}): "
                                 f"{dict(hits_a - hits_b)}")

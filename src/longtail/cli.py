@@ -1,7 +1,7 @@
 """The ``longtail`` command line. It parses arguments and calls the library; it has no logic of its own.
 
     longtail train --config FILE [--out DIR] [--resume DIR] [--overwrite] [KEY=VALUE ...]
-    longtail eval RUN_DIR [KEY=VALUE ...]
+    longtail eval RUN_DIR [--ema] [KEY=VALUE ...]
     longtail predict RUN_DIR PATH [PATH ...] [--top-k K] [--out FILE.csv]
     longtail report RUN_DIR [--out DIR] [--overwrite]
     longtail compare RUN_DIR [RUN_DIR ...] [--format markdown|csv|json] [--out FILE] [--plot FILE.png]
@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="e.g. data.root=/data eval.posthoc_tau=1.0 device=cpu")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--ema", action="store_true", help="evaluate the moving average of the weights "
+                                                      "(model_ema.safetensors; runs trained with train.ema_decay)")
 
     pr = sub.add_parser("predict", parents=[common], help="top-k predictions of a trained run for image files, as CSV")
     pr.add_argument("run_dir")
@@ -198,7 +200,7 @@ def _cmd_train(a) -> int:
 def _cmd_eval(a) -> int:
     from longtail.engine.run import evaluate_run
 
-    m = evaluate_run(Path(a.run_dir), a.overrides, echo=(lambda *x: None) if a.json else print)
+    m = evaluate_run(Path(a.run_dir), a.overrides, echo=(lambda *x: None) if a.json else print, ema=a.ema)
     if a.json and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 prints
         print(json.dumps(m, indent=1))
     return 0

@@ -9,6 +9,7 @@ and ``eval``, ``report``, ``compare``, ``extract`` read it through the same clas
       summary.json         the final record: see :func:`summary_record`
       checkpoints/last.pt  training state for resuming (train only)
       model.safetensors    final weights, loadable without pickle
+      model_ema.safetensors  the final moving average of the weights (train.ema_decay only)
       pretrained.json      the report of the pretrained weights it started from (model.pretrained)
       tb/                  TensorBoard events
       report/              report.md, per_class.csv, figures
@@ -112,14 +113,16 @@ class RunDir:
     metrics_path = _file("metrics.jsonl")
     checkpoint_path = _file("checkpoints/last.pt")
     weights_path = _file("model.safetensors")
+    ema_weights_path = _file("model_ema.safetensors")
     tb_path = _file("tb")
     report_path = _file("report")
 
     # ------------------------------------------------------------------ state
 
     #: every entry a run writes at its top level (``--overwrite`` removes exactly these, nothing else)
-    ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "model.safetensors", "tb", "report",
-               "decouple.yaml", "features", "predictions.npz", "pretrained.json")
+    ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "model.safetensors",
+               "model_ema.safetensors", "tb", "report", "decouple.yaml", "features", "predictions.npz",
+               "pretrained.json")
 
     def holds_run(self) -> bool:
         """True when a run was started or finished here (any of its files exists)."""
@@ -173,12 +176,13 @@ class RunDir:
     def write_metrics(self, rows: list[dict]) -> Path:
         return atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
-    def write_weights(self, state_dict: dict) -> Path:
-        """The network's weights as ``model.safetensors`` (contiguous CPU tensors, no pickle)."""
+    def write_weights(self, state_dict: dict, ema: bool = False) -> Path:
+        """The network's weights as ``model.safetensors`` (with ``ema``: their moving average as
+        ``model_ema.safetensors``), contiguous CPU tensors, no pickle."""
         from safetensors.torch import save_file
 
         sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        return atomic_write(self.weights_path, lambda tmp: save_file(sd, str(tmp)))
+        return atomic_write(self.ema_weights_path if ema else self.weights_path, lambda tmp: save_file(sd, str(tmp)))
 
     # ------------------------------------------------------------------ reading
 
@@ -206,15 +210,25 @@ class RunDir:
             raise LongtailError(f"{self.path} has no config.yaml: pass the folder of a longtail run")
         return self.config_path
 
-    def load_weights(self) -> dict:
-        """The final weights (``model.safetensors``), else the checkpoint's model state."""
-        if self.weights_path.is_file():
+    def load_weights(self, ema: bool = False) -> dict:
+        """The final weights (``model.safetensors``), else the checkpoint's model state; with ``ema`` their
+        moving average (``model_ema.safetensors``, else the checkpoint's)."""
+        path = self.ema_weights_path if ema else self.weights_path
+        if path.is_file():
             from safetensors.torch import load_file
 
             try:
-                return load_file(str(self.weights_path))
+                return load_file(str(path))
             except Exception as e:  # safetensors raises its own error types for damaged files
-                raise CheckpointError(f"{self.weights_path} is damaged ({e}); re-export it or retrain") from None
+                raise CheckpointError(f"{path} is damaged ({e}); re-export it or retrain") from None
         from longtail.engine.checkpoint import load_checkpoint
 
-        return load_checkpoint(self.checkpoint_path)["model"]
+        if not ema:
+            return load_checkpoint(self.checkpoint_path)["model"]
+        if not self.checkpoint_path.is_file():
+            raise LongtailError(f"{self.path} has no {path.name}: it was not trained with train.ema_decay")
+        state = load_checkpoint(self.checkpoint_path)
+        if "ema" not in state:
+            raise LongtailError(f"{self.path} has no moving average of the weights: it was not trained with "
+                                f"train.ema_decay")
+        return state["ema"]["weights"]

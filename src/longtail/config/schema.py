@@ -123,20 +123,38 @@ class MethodConfig:
                 raise ConfigError(f"method.{f.name} must be one of {', '.join(m['choices'])} (got '{v}')")
 
 
+def default_method_params() -> MethodConfig:
+    """The default method's own parameter dataclass (``ce``'s: it has parameters of its own, e.g. label smoothing)."""
+    from longtail.registry import METHODS
+
+    return getattr(METHODS.get(MethodConfig().name), "Params", MethodConfig)()
+
+
 @dataclass
 class OptimConfig:
-    """SGD and its learning-rate schedule."""
+    """The optimiser (SGD or AdamW) and its learning-rate schedule."""
 
     lr: float = key(0.1, help="peak learning rate, for the global batch size train.batch_size")
-    momentum: float = key(0.9, help="SGD momentum, in [0, 1)")
-    nesterov: bool = key(False, help="Nesterov momentum")
-    weight_decay: float = key(2e-4, help="L2 weight decay")
+    name: str = key("sgd", help="optimiser: sgd (momentum, weight decay added to the gradient) | adamw (Adam with "
+                                "decoupled weight decay)")
+    momentum: float = key(0.9, help="SGD momentum, in [0, 1) (sgd only)")
+    nesterov: bool = key(False, help="Nesterov momentum (sgd only)")
+    weight_decay: float = key(2e-4, help="weight decay: sgd adds weight_decay * w to the gradient (L2); adamw "
+                                         "subtracts lr * weight_decay * w from the weights (decoupled)")
+    betas: list[float] = key(help="adamw: coefficients of the running means of the gradient and its square",
+                             factory=lambda: [0.9, 0.999])
+    eps: float = key(1e-8, help="adamw: term added to the denominator for numerical stability")
     warmup_epochs: int = key(5, help="linear warm-up: lr * e / warmup_epochs for epochs e = 1..warmup_epochs "
                                      "(1-based); 0 = off")
-    schedule: str = key("step", help="learning-rate schedule after warm-up: step | cosine | bcl_cosine | constant")
+    schedule: str = key("step", help="learning-rate schedule after warm-up: step | cosine | bcl_cosine | "
+                                     "cosine_restarts | constant")
     milestones: list[int] = key(help="step schedule: 0-based epochs at which the lr is multiplied by gamma",
                                 factory=lambda: [160, 180])
     gamma: float = key(0.01, help="step schedule: factor applied to the lr at each milestone")
+    restart_period: int = key(10, help="cosine_restarts: epochs of the first cosine period, counted from the end of "
+                                       "the warm-up")
+    restart_mult: int = key(2, help="cosine_restarts: each period is this many times longer than the one before "
+                                    "(1 = equal periods)")
     backbone_lr_scale: float = key(1.0, help="the backbone's lr is optim.lr times this (fine-tuning: e.g. 0.1); "
                                              "heads use optim.lr")
     grad_clip: Optional[float] = key(None, help="clip the gradient norm to this value; null = off")
@@ -165,6 +183,12 @@ class TrainConfig:
     eval_every: int = key(10, help="evaluate the test set every N epochs for the curves (the last epoch always); "
                                    "0 = last epoch only")
     progress: bool = key(True, help="live progress bar on a terminal; false (or no terminal): one line per epoch")
+    accumulate: int = key(1, help="gradient accumulation: each step's batch runs as this many micro-batches whose "
+                                  "gradients add up to the full batch's; 1 = off")
+    ema_decay: Optional[float] = key(None, help="keep an exponential moving average of the weights with this decay, "
+                                               "e.g. 0.999, evaluated beside them; null = off")
+    ema_warmup: bool = key(False, help="EMA: use decay min(ema_decay, (1 + n) / (10 + n)) at the n-th update, so the "
+                                       "average forgets the first weights sooner")
 
 
 @dataclass
@@ -189,8 +213,8 @@ class Config:
                              factory=list)
     data: DataConfig = section(DataConfig, help="dataset, long-tailed split, sampling and augmentation")
     model: ModelConfig = section(ModelConfig, help="the network: backbone and classifier head")
-    method: MethodConfig = section(MethodConfig, help="the training method and its own parameters")
-    optim: OptimConfig = section(OptimConfig, help="SGD and its learning-rate schedule")
+    method: MethodConfig = section(default_method_params, help="the training method and its own parameters")
+    optim: OptimConfig = section(OptimConfig, help="the optimiser (SGD or AdamW) and its learning-rate schedule")
     train: TrainConfig = section(TrainConfig, help="the training loop")
     eval: EvalConfig = section(EvalConfig, help="evaluation and its metrics")
 

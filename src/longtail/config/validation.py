@@ -61,12 +61,19 @@ def validate(cfg: Config) -> Config:
     check = getattr(cfg.method, "check", None)
     if check is not None:
         check()
+    _choice("optim.name", o.name, ("sgd", "adamw"))
     _check(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
     _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
     _check(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
+    _check(not o.nesterov or o.name == "sgd", f"optim.nesterov applies to optim.name=sgd only (got {o.name})")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+           f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999] (got {o.betas})")
+    _check(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs})")
-    _choice("optim.schedule", o.schedule, ("step", "cosine", "bcl_cosine", "constant"))
+    _choice("optim.schedule", o.schedule, ("step", "cosine", "bcl_cosine", "cosine_restarts", "constant"))
+    _check(o.restart_period >= 1, f"optim.restart_period must be >= 1 epoch (got {o.restart_period})")
+    _check(o.restart_mult >= 1, f"optim.restart_mult must be >= 1 (got {o.restart_mult}); 1 = equal periods")
     _check(o.gamma > 0, f"optim.gamma must be > 0 (got {o.gamma})")
     _check(o.backbone_lr_scale > 0, f"optim.backbone_lr_scale must be > 0 (got {o.backbone_lr_scale}); to keep "
                                     f"the backbone fixed use model.freeze_stages")
@@ -76,6 +83,15 @@ def validate(cfg: Config) -> Config:
     _check(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
     _check(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1 or null (got {t.max_steps})")
+    _check(t.accumulate >= 1, f"train.accumulate must be >= 1 (got {t.accumulate}); 1 = no accumulation")
+    _check(t.batch_size % t.accumulate == 0, f"train.batch_size={t.batch_size} must be divisible by "
+           f"train.accumulate={t.accumulate}: each step runs as {t.accumulate} equal micro-batches")
+    _check(t.accumulate == 1 or getattr(method, "accumulates", True),
+           f"train.accumulate={t.accumulate} is not possible with method {cfg.method.name}: its loss is not a mean "
+           f"of per-sample terms (it compares the samples of a batch with each other), so micro-batches would "
+           f"change it; use train.accumulate=1")
+    _check(t.ema_decay is None or 0 < t.ema_decay < 1,
+           f"train.ema_decay must be in (0, 1), e.g. 0.999, or null for no EMA (got {t.ema_decay})")
     _choice("train.amp", t.amp, ("auto", "bf16", "none"))
     _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
     _check(bool(t.compile_backend), "train.compile_backend must name a torch.compile backend, e.g. inductor")

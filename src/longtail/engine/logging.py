@@ -50,7 +50,8 @@ class RunLogger:
             step = record.get("epoch", 0)
             for k, v in record.items():
                 if k != "epoch" and isinstance(v, (int, float)) and v is not None:
-                    group = "eval" if k in ("top1", "top5", "many", "medium", "few", "ece") else "train"
+                    group = "eval" if k.removeprefix("ema_") in ("top1", "top5", "many", "medium", "few", "ece") \
+                        else "train"
                     self.tb.add_scalar(f"{group}/{k}", v, step)
             self.tb.flush()
 
@@ -104,6 +105,8 @@ def epoch_line(record: dict, epochs: int) -> str:
     if record.get("top1") is not None:
         groups = " / ".join(_num(record.get(g), 2) for g in ("many", "medium", "few"))
         line += f"  | test top-1 {_num(record['top1'], 2)} (Many/Medium/Few {groups})"
+    if record.get("ema_top1") is not None:
+        line += f"  | EMA weights top-1 {_num(record['ema_top1'], 2)}"
     return line
 
 

@@ -77,15 +77,18 @@ def build_pieces(cfg: C.Config, device: torch.device, dataset: Optional[Dataset]
                                                           device=device, **share))
 
 
-def load_run(run_dir: str | Path, device: torch.device, overrides: Optional[list[str]] = None) -> tuple:
+def load_run(run_dir: str | Path, device: torch.device, overrides: Optional[list[str]] = None,
+             ema: bool = False) -> tuple:
     """A finished (or checkpointed) run rebuilt from its directory: ``(cfg, pieces)`` with the network's
-    final weights loaded, in eval mode. The one way every command (eval, extract, decouple) loads a run."""
+    final weights (with ``ema``: their moving average, train.ema_decay) loaded, in eval mode. The one way
+    every command (eval, extract, decouple) loads a run."""
     rd = RunDir(run_dir)
     cfg = C.load(rd.require_config(), overrides or [])
     cfg.train.sync_bn = False  # evaluation normalises with the running statistics: nothing to synchronise
     pieces = build_pieces(cfg, device)
-    sd = rd.load_weights()
-    check_shapes(pieces.network, sd, rd.weights_path if rd.weights_path.is_file() else rd.checkpoint_path)
+    sd = rd.load_weights(ema=ema)
+    path = rd.ema_weights_path if ema else rd.weights_path
+    check_shapes(pieces.network, sd, path if path.is_file() else rd.checkpoint_path)
     pieces.network.load_state_dict(sd)
     pieces.network.eval()
     return cfg, pieces
@@ -231,8 +234,13 @@ def _train(cfg: C.Config, rd: RunDir, state: Optional[dict], device: torch.devic
     if not dist.is_main():
         return
     rd.write_weights(pieces.network.state_dict())
+    if trainer.ema is not None:
+        rd.write_weights(trainer.ema.module.state_dict(), ema=True)
     rd.write_summary(_train_summary(cfg, ds, metrics, trainer, device, command, pretrained))
     echo(format_table(metrics))
+    if trainer.last_eval_ema is not None:
+        echo(f"EMA weights (train.ema_decay={cfg.train.ema_decay}, model_ema.safetensors):\n"
+             f"{format_table(trainer.last_eval_ema)}")
     echo(f"run directory: {rd.path}  (report: longtail report {rd.path})")
 
 
@@ -275,7 +283,18 @@ def _train_summary(cfg: C.Config, ds: Dataset, metrics: dict, trainer: Trainer, 
                           env=environment(device_name(device), command),
                           data_verified=bool(ds.verified and cfg.data.verify), shots=shot_rule(cfg.eval),
                           extra={"input": input_record(ds), "split_generated": ds.imbalance is not None,
-                                 **({"pretrained": pretrained_record(pretrained)} if pretrained else {})})
+                                 **({"pretrained": pretrained_record(pretrained)} if pretrained else {}),
+                                 **_ema_record(cfg, trainer)})
+
+
+def _ema_record(cfg: C.Config, trainer: Trainer) -> dict:
+    """``summary.json``'s EMA entries: the average's metrics under ``metrics_ema`` (the run's own metrics
+    stay those of the trained weights), or nothing without train.ema_decay."""
+    m = trainer.last_eval_ema
+    if trainer.ema is None or m is None:
+        return {}
+    return {"ema_decay": cfg.train.ema_decay, "ema_updates": trainer.ema.updates,
+            "metrics_ema": {k: m[k] for k in ("top1", "top5", "many", "medium", "few", "per_class", "ece")}}
 
 
 #: the full report of the pretrained weights a run started from, in its run directory
@@ -300,8 +319,11 @@ def input_record(ds: Dataset) -> dict:
             "std": [float(v) for v in ds.std], "source": "memory" if isinstance(ds.train, ArraySplit) else "loader"}
 
 
-def evaluate_run(run_dir: Path, overrides: list[str], echo=print) -> dict:
+def evaluate_run(run_dir: Path, overrides: list[str], echo=print, ema: bool = False) -> dict:
     """Re-evaluate a finished run from its config.yaml and model.safetensors; compare with summary.json.
+
+    With ``ema`` the moving average of the weights (``model_ema.safetensors``) is evaluated instead and
+    compared with the summary's ``metrics_ema``.
 
     Under torchrun every rank evaluates one contiguous chunk of the test split and the metric
     statistics are summed over ranks, so the metrics are those of the whole split; only rank 0 prints.
@@ -311,19 +333,23 @@ def evaluate_run(run_dir: Path, overrides: list[str], echo=print) -> dict:
     resolve_device(cfg.device)  # a clear ConfigError before any process group is joined
     device = dist.init_from_env(cfg.device)
     try:
-        return _evaluate_run(rd, overrides, device, echo if dist.is_main() else _silent)
+        return _evaluate_run(rd, overrides, device, echo if dist.is_main() else _silent, ema)
     finally:
         dist.cleanup()
 
 
-def _evaluate_run(rd: RunDir, overrides: list[str], device: torch.device, echo) -> dict:
-    cfg, pieces = load_run(rd.path, device, overrides)
+def _evaluate_run(rd: RunDir, overrides: list[str], device: torch.device, echo, ema: bool = False) -> dict:
+    cfg, pieces = load_run(rd.path, device, overrides, ema=ema)
     m = evaluate(pieces.network, pieces.method, pieces.eval_batches, pieces.dataset.train_counts,
                  num_classes=pieces.dataset.num_classes, device=device, amp=cfg.train.amp,
                  posthoc_tau=cfg.eval.posthoc_tau, ece_bins=cfg.eval.ece_bins,
                  channels_last=cfg.train.channels_last, shots=shot_rule(cfg.eval))
+    if ema:
+        echo("EMA weights (model_ema.safetensors):")
     echo(format_table(m))
     s = rd.read_summary()
+    if s is not None and ema:  # the average's own record; the summary's main metrics are the weights'
+        s = dict(s, **s["metrics_ema"]) if s.get("metrics_ema") else None
     if s is not None:
         if s.get("posthoc_tau", 0.0) != cfg.eval.posthoc_tau:
             echo(f"note: posthoc_tau {cfg.eval.posthoc_tau} differs from the run's {s.get('posthoc_tau')}")

@@ -16,6 +16,10 @@ def lr_at(epoch: int, total_epochs: int, o: OptimConfig) -> float:
     * ``cosine``: ``lr * (1 + cos(pi * (e - w) / (E - w))) / 2`` after the warm-up;
     * ``bcl_cosine`` (BCL's official schedule, docs/methods.md §2.5): ``lr * (1 + cos(pi * (e - w + 1) / (E - w + 1))) / 2``
       after the warm-up, so epoch 0 is already slightly decayed and the last lr is not 0;
+    * ``cosine_restarts`` (SGDR, Loshchilov & Hutter, ICLR 2017) after the warm-up: periods of
+      ``T_0 = restart_period``, ``T_0·m``, ``T_0·m²``, ... epochs (``m = restart_mult``) follow each other;
+      in a period of ``T_i`` epochs, ``t`` epochs in, ``lr * (1 + cos(pi * t / T_i)) / 2``: each period
+      starts again at ``lr`` (a restart) and decays towards 0;
     * ``constant``: ``lr``.
     """
     w = o.warmup_epochs
@@ -25,6 +29,11 @@ def lr_at(epoch: int, total_epochs: int, o: OptimConfig) -> float:
         return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
     if o.schedule == "bcl_cosine":
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - w + 1) / (total_epochs - w + 1)))
+    if o.schedule == "cosine_restarts":
+        t, period = epoch - w, o.restart_period
+        while t >= period:  # skip the finished periods (a handful: they grow geometrically unless m = 1)
+            t, period = t - period, period * o.restart_mult
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * t / period))
     if o.schedule == "cosine":
         span = max(total_epochs - w, 1)
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / span))

@@ -14,6 +14,7 @@ chunk of the test split, and everything that decides whether to stop (the NaN gu
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -28,6 +29,7 @@ from longtail.config import Config, to_dict
 from longtail.data.batches import Batch
 from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import save_checkpoint
+from longtail.engine.ema import WeightEMA
 from longtail.engine.evaluator import autocast_context, evaluate, shot_rule
 from longtail.engine.logging import RunLogger, epoch_line, progress_bar
 from longtail.engine.param_groups import param_groups, regroup_optimizer_state
@@ -38,7 +40,7 @@ CHECKPOINT_VERSION = 1
 
 
 def optimizer_impl(impl: str, device_type: str) -> dict:
-    """The ``torch.optim.SGD`` keyword that picks its implementation (``{}``: torch's default).
+    """The ``torch.optim.SGD`` / ``AdamW`` keyword that picks its implementation (``{}``: torch's default).
 
     ``auto`` is the fused kernel on CUDA and CPU (one kernel for all parameters instead of a few per
     parameter: about 380 fewer operations per ResNet-32 step, and faster on both) and torch's default on
@@ -64,17 +66,37 @@ def compile_fn(fn: Callable, train_cfg) -> Callable:
     return torch.compile(fn, backend=backend, mode=mode, dynamic=False)
 
 
-def build_optimizer(network: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
-    """SGD with momentum / nesterov over the trainable parameters in the groups of :func:`param_groups`
-    (backbone, head, projection; each group's lr is ``optim.lr`` times its ``lr_scale``); weight decay on
-    every trainable parameter (the LDAM/BCL convention)."""
+def build_optimizer(network: torch.nn.Module, cfg: Config,
+                    groups: Optional[list[dict]] = None) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg.optim.name`` over ``groups`` (default: the trainable parameters in the groups of
+    :func:`param_groups`: backbone, head, projection; each group's lr is ``optim.lr`` times its ``lr_scale``);
+    weight decay on every trainable parameter (the LDAM/BCL convention).
+
+    * ``sgd``: momentum / nesterov, L2 weight decay (``weight_decay * w`` added to the gradient);
+    * ``adamw``: Adam with ``betas`` and ``eps`` and decoupled weight decay (Loshchilov & Hutter, ICLR 2019):
+      the weights shrink by ``lr * weight_decay * w`` apart from the adaptive step.
+
+    ``optim.impl`` picks the fused / foreach / for-loop kernel for both.
+    """
     o = cfg.optim
-    groups = param_groups(network, cfg)
+    groups = param_groups(network, cfg) if groups is None else groups
     if not groups:
         raise ConfigError("no parameter is left to train: model.freeze_stages freezes the whole network")
     device_type = groups[0]["params"][0].device.type
+    impl = optimizer_impl(o.impl, device_type)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(float(o.betas[0]), float(o.betas[1])), eps=o.eps,
+                                 weight_decay=o.weight_decay, **impl)
+    if o.name != "sgd":
+        raise ConfigError(f"optim.name must be one of sgd, adamw (got '{o.name}')")
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                           weight_decay=o.weight_decay, **optimizer_impl(o.impl, device_type))
+                           weight_decay=o.weight_decay, **impl)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write the schedule's ``lr`` into every parameter group, times the group's ``lr_scale`` if it has one."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
 
 
 @dataclass
@@ -143,6 +165,10 @@ class EpochSums:
         return torch.cat([weighted[:1], correct.view(1), weights.sum().view(1), weighted[2:]])
 
 
+def _add(total: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
+    return value if total is None else total + value
+
+
 class _SignalGuard:
     """Turns SIGINT/SIGTERM into a flag that the loop checks after each step."""
 
@@ -200,6 +226,10 @@ class Trainer:
         self.logger = logger
         self.echo = echo if echo is not None else (print if dist.is_main() else (lambda *a: None))
         self.optimizer = build_optimizer(network, cfg)
+        # train.ema_decay: an average of the weights beside them (evaluated separately, never swapped in)
+        self.ema = WeightEMA(network, cfg.train.ema_decay, cfg.train.ema_warmup) \
+            if cfg.train.ema_decay is not None else None
+        self.last_eval_ema: Optional[dict] = None
         # train.compile: the whole forward + loss + statistics of a step is one graph (under DDP the
         # DDP-wrapped module is compiled instead, by the caller: its forward is a collective)
         self._forward_loss = self._forward_loss_eager
@@ -225,7 +255,7 @@ class Trainer:
                 "method": self.method.state_dict(),  # stateful losses (e.g. BBL's epoch memory and queue)
                 "optimizer": self.optimizer.state_dict(), "epoch": p.epoch, "step_in_epoch": p.step_in_epoch,
                 "global_step": p.global_step, "wall_seconds": p.wall_seconds, "config": to_dict(self.cfg),
-                "rng": rng}
+                "rng": rng, **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.network.load_state_dict(state["model"])
@@ -235,6 +265,13 @@ class Trainer:
         self.optimizer.load_state_dict(regroup_optimizer_state(state["optimizer"], self.optimizer))
         for g, b in zip(self.optimizer.param_groups, built):  # the config's lr scales, not the checkpoint's
             g.update(b)
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:  # a run started without train.ema_decay: the average starts from the resumed weights
+                self.ema = WeightEMA(self.network, self.ema.decay, self.ema.warmup)
+                self.echo("note: the checkpoint holds no EMA of the weights (it was trained without "
+                          "train.ema_decay); the average starts from the resumed weights")
         self.progress = Progress(int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"]),
                                  float(state.get("wall_seconds", 0.0)))
         torch.set_rng_state(state["rng"]["torch"])
@@ -268,12 +305,16 @@ class Trainer:
                 bar.close()
         if self.last_eval is None or stopped_early:
             self.last_eval = self.evaluate()
+            if self.ema is not None:
+                self.last_eval_ema = self.evaluate(ema=True)
         return self.last_eval
 
-    def evaluate(self) -> dict:
+    def evaluate(self, ema: bool = False) -> dict:
+        """Metrics of the trained weights, or with ``ema`` of their moving average (train.ema_decay)."""
         cfg = self.cfg
-        dist.broadcast_buffers_(self.network)  # every rank evaluates with the statistics rank 0 saves
-        return evaluate(self.forward, self.method, self.eval_batches, self.train_counts,
+        network = self.ema.module if ema else self.network
+        dist.broadcast_buffers_(network)  # every rank evaluates with the statistics rank 0 saves
+        return evaluate(network if ema else self.forward, self.method, self.eval_batches, self.train_counts,
                         num_classes=self.num_classes, device=self.device, amp=cfg.train.amp,
                         posthoc_tau=cfg.eval.posthoc_tau, ece_bins=cfg.eval.ece_bins,
                         channels_last=cfg.train.channels_last, shots=shot_rule(cfg.eval))
@@ -282,8 +323,7 @@ class Trainer:
         """One epoch from ``progress.step_in_epoch``; returns True when ``max_steps`` stopped training."""
         cfg, p = self.cfg, self.progress
         lr = lr_at(epoch, cfg.train.epochs, cfg.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(self.optimizer, lr)
         self.method.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
         self.network.train()
         dev = self.device
@@ -327,6 +367,9 @@ class Trainer:
         if epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0):
             self.last_eval = self.evaluate()
             record.update({k: self.last_eval[k] for k in ("top1", "many", "medium", "few", "ece")})
+            if self.ema is not None:  # the average's metrics under their own keys, beside the weights' own
+                self.last_eval_ema = self.evaluate(ema=True)
+                record.update({f"ema_{k}": self.last_eval_ema[k] for k in ("top1", "many", "medium", "few", "ece")})
         if bar is not None:
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}",
                             refresh=False)
@@ -341,16 +384,57 @@ class Trainer:
 
         Nothing here reads a device value on the host: the NaN guard and the epoch statistics stay on
         the device until :meth:`_check_finite` and the epoch's log record read them.
+
+        With ``train.accumulate = k > 1`` the batch runs as k micro-batches (:meth:`_accumulate`) and
+        their gradients add up to the whole batch's before the one optimiser step.
         """
         cfg = self.cfg
-        loss, parts, correct = self._forward_loss(batch.views, batch.labels, batch.index)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if cfg.train.accumulate > 1:
+            loss, parts, correct = self._accumulate(batch, cfg.train.accumulate)
+        else:
+            loss, parts, correct = self._forward_loss(batch.views, batch.labels, batch.index)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         # statistics and the NaN guard stay on the device until read at intervals
         sums.record(step, loss, correct, parts, batch.labels.numel())
+
+    def _accumulate(self, batch, k: int) -> tuple:
+        """Forward and backward of ``batch`` as ``k`` consecutive micro-batches; returns the whole batch's
+        (loss, parts, correct), detached.
+
+        The method's loss is a weighted mean Σ_i w_i l_i / Σ_i w_i over its batch (w ≡ 1: a plain mean;
+        class-weighted losses: w_i = w_{y_i}, :meth:`Method.loss_sample_weights`). Micro-batch j's loss is
+        multiplied by its share W_j / W of the weights (b_j / B for a plain mean), so the summed gradients
+        are those of the whole batch's loss. The shares are device tensors (no host read). Under DDP the
+        gradients are all-reduced after the last micro-batch only.
+        """
+        n = batch.labels.shape[0]
+        bounds = [round(j * n / k) for j in range(k + 1)]
+        weights = self.method.loss_sample_weights(batch.labels)
+        total = weights.sum() if weights is not None else None
+        no_sync = getattr(self.train_forward, "no_sync", None)  # the DDP wrapper's, if any
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, correct_sum, part_sums = None, None, {}
+        for j in range(k):
+            a, b = bounds[j], bounds[j + 1]
+            if a == b:  # a last partial batch smaller than k
+                continue
+            ctx = no_sync() if no_sync is not None and b < n else contextlib.nullcontext()
+            with ctx:
+                loss, parts, correct = self._forward_loss([v[a:b] for v in batch.views], batch.labels[a:b],
+                                                          batch.index[a:b])
+                share = weights[a:b].sum() / total if weights is not None else (b - a) / n
+                (loss * share).backward()
+            loss_sum = _add(loss_sum, loss.detach() * share)
+            correct_sum = _add(correct_sum, correct)
+            for name, v in parts.items():
+                part_sums[name] = _add(part_sums.get(name), v.detach() * share)
+        return loss_sum, part_sums, correct_sum
 
     def _forward_loss_eager(self, views: list, labels: torch.Tensor, index: torch.Tensor):
         """The method's forward pass and loss on one batch, and the number of correct predictions."""

@@ -63,6 +63,18 @@ class ClassWeighted(torch.nn.Module):
         self.weight = new
 
 
+def check_smoothing(label_smoothing: float) -> float:
+    """Label smoothing epsilon in [0, 1) (0 = off)."""
+    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
+        raise ValueError(f"label_smoothing must be in [0, 1) (got {label_smoothing!r}); 0 = off, 0.1 is common")
+    return float(label_smoothing)
+
+
+def sample_weights(weight: Optional[Tensor], targets: Tensor) -> Optional[Tensor]:
+    """The weight w_{y_i} of each sample in a weighted mean Σ_i w_{y_i} l_i / Σ_i w_{y_i}, or None (plain mean)."""
+    return None if weight is None else weight.to(targets.device, torch.float32)[targets]
+
+
 def check_gamma(gamma: float) -> float:
     if not (isinstance(gamma, (int, float)) and np.isfinite(gamma) and gamma >= 0):
         raise ValueError(f"focal gamma must be a finite number >= 0 (got {gamma!r}); 0 gives plain CE")

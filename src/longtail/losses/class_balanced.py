@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from longtail.losses._common import CountsLike, as_counts, check_gamma
+from longtail.losses._common import CountsLike, as_counts, check_gamma, check_smoothing, sample_weights
 from longtail.losses.cross_entropy import weighted_cross_entropy
 from longtail.losses.focal import PARITIES, focal_loss
 
@@ -46,15 +47,19 @@ class ClassBalancedLoss(nn.Module):
 
     ``loss="ce"``: Σ_i w_{y_i} CE_i / Σ_i w_{y_i}. ``loss="focal"``: the weighted focal loss of
     :func:`longtail.losses.focal.focal_loss` with ``gamma`` and ``parity``. Buffers: ``counts`` [C]
-    float32 and ``weight`` [C] float32.
+    float32 and ``weight`` [C] float32. ``label_smoothing`` ε (``loss="ce"`` only: the focal loss has no
+    smoothed form) smooths the target as :func:`~longtail.losses.cross_entropy.weighted_cross_entropy` does.
 
     Shape:
         logits [B, C] (any float dtype, cast to float32 first), targets [B] int64 -> scalar float32.
     """
 
     def __init__(self, counts: CountsLike, beta: float = 0.9999, loss: str = "ce", gamma: float = 1.0,
-                 parity: str = "default") -> None:
+                 parity: str = "default", label_smoothing: float = 0.0) -> None:
         super().__init__()
+        if check_smoothing(label_smoothing) and loss != "ce":
+            raise ValueError(f"label_smoothing applies to the class-balanced CE only (got loss='{loss}')")
+        self.label_smoothing = float(label_smoothing)
         if loss not in LOSS_KINDS:
             raise ValueError(f"class-balanced loss must be one of {', '.join(LOSS_KINDS)} (got '{loss}')")
         if parity not in PARITIES:
@@ -65,8 +70,12 @@ class ClassBalancedLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         if self.loss == "ce":
-            return weighted_cross_entropy(logits, targets, self.weight)
+            return weighted_cross_entropy(logits, targets, self.weight, self.label_smoothing)
         return focal_loss(logits, targets, self.gamma, self.weight, self.parity)
+
+    def sample_weights(self, targets: Tensor) -> Optional[Tensor]:
+        """Each sample's weight in the loss's weighted mean (None: a plain mean, as the ldam focal parity's)."""
+        return None if self.loss == "focal" and self.parity == "ldam" else sample_weights(self.weight, targets)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, loss={self.loss!r}, gamma={self.gamma}, parity={self.parity!r}"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longtail.losses._common import ClassWeighted, CountsLike, check_gamma, prepare, weight_on
+from longtail.losses._common import ClassWeighted, CountsLike, check_gamma, prepare, sample_weights, weight_on
 
 PARITIES = ("default", "ldam")
 
@@ -74,6 +74,10 @@ class FocalLoss(ClassWeighted):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return focal_loss(logits, targets, self.gamma, self.weight, self.parity)
+
+    def sample_weights(self, targets: Tensor) -> Optional[Tensor]:
+        """Each sample's weight in the loss's weighted mean (None: a plain mean, as the ldam parity's)."""
+        return None if self.parity == "ldam" else sample_weights(self.weight, targets)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, parity={self.parity!r}"

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longtail.losses._common import CountsLike, as_class_weight, as_counts, prepare, weight_on
+from longtail.losses._common import (CountsLike, as_class_weight, as_counts, check_smoothing, prepare, sample_weights,
+                                     weight_on)
 
 
 def ldam_margins(counts: CountsLike, max_margin: float = 0.5) -> Tensor:
@@ -36,6 +37,9 @@ class LDAMLoss(nn.Module):
         max_margin: max_c Δ_c (0.5).
         scale: σ of the cosine head (30).
         weight: per-class weights (DRW sets them with :meth:`set_weight`), or None.
+        label_smoothing: ε (0 = off): the target is smoothed as ``torch.nn.functional.cross_entropy``
+            does, on the *margin-adjusted* logits z = s − σΔ_y e_y:
+            −(1 − ε) w_y log softmax(z)_y − (ε / C) Σ_c w_c log softmax(z)_c, divided by Σ_i w_{y_i}.
 
     Buffers: ``margins`` [C] float32 (Δ_c, unscaled), ``weight`` [C] float32 or None.
 
@@ -44,11 +48,12 @@ class LDAMLoss(nn.Module):
     """
 
     def __init__(self, counts: CountsLike, max_margin: float = 0.5, scale: float = 30.0,
-                 weight: Optional[CountsLike] = None) -> None:
+                 weight: Optional[CountsLike] = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if not scale > 0:
             raise ValueError(f"LDAM scale must be > 0 and equal the cosine head's scale (got {scale})")
         self.scale, self.max_margin = float(scale), float(max_margin)
+        self.label_smoothing = check_smoothing(label_smoothing)
         self.register_buffer("margins", ldam_margins(counts, max_margin), persistent=False)
         w = as_class_weight(weight)
         if w is not None and w.shape != self.margins.shape:
@@ -70,7 +75,14 @@ class LDAMLoss(nn.Module):
         shift = (self.scale * margins[targets])[:, None]
         # Only the target column moves: scatter_add keeps it one fused, sample-loop-free op.
         adjusted = logits.scatter_add(1, targets[:, None], -shift)
+        if self.label_smoothing:
+            return F.cross_entropy(adjusted, targets, weight=weight_on(self.weight, logits),
+                                   label_smoothing=self.label_smoothing)
         return F.cross_entropy(adjusted, targets, weight=weight_on(self.weight, logits))
+
+    def sample_weights(self, targets: Tensor) -> Optional[Tensor]:
+        """Each sample's weight in the loss's weighted mean (None: a plain mean)."""
+        return sample_weights(self.weight, targets)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, max_margin={self.max_margin}"

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longtail.losses._common import CountsLike, as_counts, prepare
+from longtail.losses._common import CountsLike, as_counts, check_smoothing, prepare
 
 
 def _check_tau(tau: float) -> float:
@@ -31,23 +31,29 @@ def log_prior(counts: CountsLike) -> Tensor:
 class LogitAdjustedLoss(nn.Module):
     """Logit-adjusted CE: CE(s + τ·log π, y), batch mean.
 
-    Buffer ``log_prior`` [C] float32 (log π_c = log n_c/N). Counts must all be > 0.
+    Buffer ``log_prior`` [C] float32 (log π_c = log n_c/N). Counts must all be > 0. ``label_smoothing``
+    ε > 0 smooths the target as ``torch.nn.functional.cross_entropy`` does, on the *adjusted* logits
+    z = s + τ·log π: −(1 − ε) log softmax(z)_y − (ε / C) Σ_c log softmax(z)_c.
 
     Shape:
         logits [B, C] (any float dtype, cast to float32 first), targets [B] int64 -> scalar float32.
     """
 
-    def __init__(self, counts: CountsLike, tau: float = 1.0) -> None:
+    def __init__(self, counts: CountsLike, tau: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.tau = _check_tau(tau)
+        self.label_smoothing = check_smoothing(label_smoothing)
         self.register_buffer("log_prior", log_prior(counts), persistent=False)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         logits, targets = prepare(logits, targets, num_classes=self.log_prior.shape[0])
-        return F.cross_entropy(logits + self.tau * self.log_prior.to(logits.device, torch.float32), targets)
+        adjusted = logits + self.tau * self.log_prior.to(logits.device, torch.float32)
+        if self.label_smoothing:
+            return F.cross_entropy(adjusted, targets, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(adjusted, targets)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+        return f"tau={self.tau}" + (f", label_smoothing={self.label_smoothing}" if self.label_smoothing else "")
 
 
 class BalancedSoftmaxLoss(nn.Module):

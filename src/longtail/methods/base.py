@@ -9,7 +9,7 @@ registered the same way and made known with ``plugins: [your_module]`` in the co
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from longtail.errors import ConfigError
 from longtail.models import NetOutput, Network, build_network
 from longtail.registry import METHODS
 
-__all__ = ["Method", "MethodConfig", "param", "register_method", "create_method", "list_methods", "check_value"]
+__all__ = ["Method", "MethodConfig", "param", "register_method", "create_method", "list_methods", "check_value",
+           "label_smoothing_param"]
 
 
 def register_method(name: str, params: type = None) -> Callable[[type["Method"]], type["Method"]]:
@@ -51,6 +52,12 @@ def create_method(cfg: Config, train_counts: np.ndarray) -> "Method":
                train_counts=np.asarray(train_counts, dtype=np.int64))
 
 
+def label_smoothing_param() -> float:
+    """The ``label_smoothing`` parameter of the cross-entropy family (ce, la, cb, ldam_drw; focal refuses it)."""
+    return param(0.0, at_least=0, below=1, help="label smoothing epsilon of the cross-entropy (torch's definition: "
+                                                "target 1 - eps on the label plus eps / C on every class); 0 = off")
+
+
 def check_value(ok: bool, key: str, msg: str) -> None:
     """Raise ConfigError ``method.<key> <msg>`` unless ``ok`` (for the parameter dataclasses' ``check``)."""
     if not ok:
@@ -74,6 +81,9 @@ class Method(nn.Module):
     name: ClassVar[str] = "base"
     Params: ClassVar[type] = MethodConfig
     num_views: ClassVar[int] = 1
+    #: the loss is a (weighted) mean of per-sample terms, so ``train.accumulate`` can split a batch into
+    #: micro-batches without changing the update; False for losses that compare the samples of a batch
+    accumulates: ClassVar[bool] = True
 
     def __init__(self, params: MethodConfig, *, model: ModelConfig, augment: str, train_counts: np.ndarray):
         super().__init__()
@@ -116,6 +126,13 @@ class Method(nn.Module):
         """Training loss for one batch, plus named parts for logging (detached scalars)."""
         loss = self.criterion(output.logits, batch.labels)
         return loss, {}
+
+    def loss_sample_weights(self, labels: torch.Tensor) -> Optional[torch.Tensor]:
+        """Each sample's weight in the loss's weighted mean Σ_i w_i l_i / Σ_i w_i (float32 [B] on the
+        labels' device), or None when the loss is a plain mean over the batch. Gradient accumulation
+        (``train.accumulate``) weighs each micro-batch's loss by its share of Σ_i w_i."""
+        weights = getattr(self.criterion, "sample_weights", None)
+        return weights(labels) if weights is not None else None
 
     def inference_logits(self, output: NetOutput) -> torch.Tensor:
         """Logits used for prediction. Training-time adjustments never appear here."""

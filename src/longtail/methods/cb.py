@@ -14,6 +14,9 @@ class CBConfig(FocalConfig):
     cb_beta: float = param(0.9999, at_least=0, below=1, help="beta of the effective number (1 - beta^n) / (1 - beta)")
     cb_loss: str = param("ce", choices=("ce", "focal"), help="ce, or focal (then focal_gamma and focal_parity apply)")
 
+    def uses_focal(self) -> bool:
+        return self.cb_loss == "focal"
+
 
 @register_method("cb", params=CBConfig)
 class ClassBalanced(Method):
@@ -22,4 +25,4 @@ class ClassBalanced(Method):
     def make_criterion(self):
         p = self.params
         return ClassBalancedLoss(self.counts, beta=p.cb_beta, loss=p.cb_loss, gamma=p.focal_gamma,
-                                 parity=p.focal_parity)
+                                 parity=p.focal_parity, label_smoothing=p.label_smoothing)

@@ -47,6 +47,7 @@ class TwoBranch(Method):
     """Shared machinery: three views, one backbone pass, LA-CE on v0 plus a contrastive loss on v1, v2."""
 
     num_views = 3
+    accumulates = False  # the contrastive loss compares every pair of samples in the batch
     uses_prototypes = True
 
     def make_criterion(self):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from longtail.errors import ConfigError
 from longtail.losses import LDAMLoss, class_balanced_weights
-from longtail.methods.base import Method, MethodConfig, param, register_method
+from longtail.methods.base import Method, MethodConfig, label_smoothing_param, param, register_method
 
 
 @dataclass
@@ -15,6 +15,7 @@ class LDAMDRWConfig(MethodConfig):
     ldam_max_margin: float = param(0.5, at_least=0, help="the largest margin (of the rarest class)")
     drw_epoch: int = param(160, at_least=0, help="0-based epoch at which DRW switches the class weights on")
     drw_beta: float = param(0.9999, at_least=0, below=1, help="beta of DRW's class-balanced weights")
+    label_smoothing: float = label_smoothing_param()
 
 
 @register_method("ldam_drw", params=LDAMDRWConfig)
@@ -35,7 +36,8 @@ class LDAMDRW(Method):
         self.drw_on = False
 
     def make_criterion(self):
-        return LDAMLoss(self.counts, max_margin=self.params.ldam_max_margin, scale=self.model_cfg.scale)
+        return LDAMLoss(self.counts, max_margin=self.params.ldam_max_margin, scale=self.model_cfg.scale,
+                        label_smoothing=self.params.label_smoothing)
 
     def on_epoch_start(self, epoch: int, *, fresh: bool = True) -> None:
         self.drw_on = epoch >= self.params.drw_epoch

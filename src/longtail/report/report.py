@@ -103,6 +103,7 @@ def _tags(summary: dict[str, Any], config: Optional[dict[str, Any]], rows: list[
         tags.append(("split generator", f"{data_cfg.get('profile')}, split seed {data_cfg.get('split_seed', '?')}"))
     if number(s.get("posthoc_tau")) and s["posthoc_tau"] != 0:
         tags.append(("post-hoc τ", f"{s['posthoc_tau']:g}"))
+    tags += _training_tags(config)
     tags += [
         ("commit", s.get("commit", "?")),
         ("data verified", "?" if verified is None else ("yes" if verified else "no")),
@@ -115,6 +116,21 @@ def _tags(summary: dict[str, Any], config: Optional[dict[str, Any]], rows: list[
     if number(s.get("steps")):
         tags.append(("optimiser steps", s["steps"]))
     return [(k, cell(v)) for k, v in tags]
+
+
+def _training_tags(config: Optional[dict[str, Any]]) -> list[tuple]:
+    """Tags for the training options that are not the defaults: optimiser, gradient accumulation, EMA."""
+    optim = (config or {}).get("optim") or {}
+    train = (config or {}).get("train") or {}
+    tags = []
+    if isinstance(optim, dict) and optim.get("name", "sgd") != "sgd":
+        tags.append(("optimiser", optim["name"]))
+    if isinstance(train, dict) and (train.get("accumulate") or 1) > 1:
+        tags.append(("gradient accumulation", f"{train['accumulate']} micro-batches per step"))
+    if isinstance(train, dict) and train.get("ema_decay") is not None:
+        tags.append(("EMA of the weights", f"decay {train['ema_decay']:g}" + (", warm-up" if train.get("ema_warmup")
+                                                                               else "")))
+    return tags
 
 
 def empty_group_note(summary: dict[str, Any]) -> Optional[str]:
@@ -143,10 +159,23 @@ def _markdown(summary: dict[str, Any], config: Optional[dict[str, Any]], rows: l
     head = (["overall top-1"] + [f"{g.capitalize()} ({shots[g]} class{'' if shots[g] == 1 else 'es'})" for g in GROUPS]
             + ["top-5", "ECE"])
     vals = [fmt(s.get("top1"))] + [fmt(s.get(g)) for g in GROUPS] + [fmt(s.get("top5")), fmt(s.get("ece"))]
-    out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), "| " + " | ".join(vals) + " |", ""]
+    ema = s.get("metrics_ema")
+    if isinstance(ema, dict):  # train.ema_decay: the average's row below the trained weights' own
+        ema_vals = [fmt(ema.get("top1"))] + [fmt(ema.get(g)) for g in GROUPS] + [fmt(ema.get("top5")),
+                                                                                 fmt(ema.get("ece"))]
+        head, vals = ["weights"] + head, ["trained (model.safetensors)"] + vals
+        ema_vals = ["EMA weights (model_ema.safetensors)"] + ema_vals
+    out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), "| " + " | ".join(vals) + " |"]
+    if isinstance(ema, dict):
+        out += ["| " + " | ".join(ema_vals) + " |"]
+    out += [""]
     default = " (the protocol's)" if rule == ShotRule() else " (set by eval.many_above / eval.few_below)"
     out += [(f"Accuracies and ECE in percent; a group with no class is shown as —. Shot groups by training "
              f"count: {rule.describe()}{default}."), ""]
+    if isinstance(ema, dict):
+        out += ["The run's main metrics (summary.json's top level, compare, the figures) are the trained weights'; "
+                "the EMA weights (an exponential moving average of them, train.ema_decay) are reported beside "
+                "them only.", ""]
     note = empty_group_note(s)
     if note:
         out += [f"> **Note.** {note}", ""]
