@@ -104,7 +104,12 @@ def test_per_sample_parameters_and_fill_are_kept_exactly():
 # ------------------------------------------------------------------------------------------------- random
 
 
-def test_random_mode_picks_bilinear_or_bicubic_per_sample_from_the_generator():
+@pytest.mark.parametrize("gpu_path", [False, True], ids=["cpu-path", "gpu-path"])
+def test_random_mode_picks_bilinear_or_bicubic_per_sample_from_the_generator(gpu_path, monkeypatch):
+    from longtail import hostsync
+
+    if gpu_path:  # both filters on every sample, selected per sample (no host sync), instead of two groups
+        monkeypatch.setattr(hostsync, "reads_are_free", lambda t: False)
     b = 24
     arr = _images(b, 32, 32, seed=2)
     x = _float(arr)

@@ -9,13 +9,15 @@ policies were searched with:
   Color, Contrast, Sharpness) truncate like PIL's ``Image.blend``, and Color/Contrast use PIL's
   fixed-point luma, so they match PIL exactly up to float rounding at exact integers.
 * Geometric ops use PIL's convention: a 2x3 matrix maps the centre of each output pixel
-  ``(i + 0.5, j + 0.5)`` to an input position whose floor is the source pixel (nearest
-  neighbour); pixels that map outside the image take ``fill``. Sampling is a ``gather`` with
-  exactly this floor rule rather than ``grid_sample``, whose nearest mode rounds half to even and
-  so disagrees with PIL on pixels that land exactly on a boundary. Shear is about the top-left
-  corner (as in the AutoAugment code), rotation about the image centre (as in ``Image.rotate``).
-  Fractional translations are allowed (PIL's nearest rule applies; torchvision instead truncates
-  them to whole pixels).
+  ``(i + 0.5, j + 0.5)`` to an input position; pixels that map outside the image take ``fill``.
+  Resampling (``interpolation``) is Pillow's NEAREST, BILINEAR or BICUBIC filter of
+  ``Image.transform`` (or ``"random"``: bilinear or bicubic per sample), reproduced exactly:
+  nearest follows Pillow's two code paths (float64 for shifts, 16.16 fixed point for rotations and
+  shears), bilinear and bicubic (a = -1) run in float64 in Pillow's order of operations and truncate
+  to 8 bits. Sampling is a ``gather`` / ``take`` rather than ``grid_sample``, whose nearest mode
+  rounds half to even and whose bicubic uses a = -0.75. Shear is about the top-left corner (as in
+  the AutoAugment code), rotation about the image centre (as in ``Image.rotate``). Fractional
+  translations are allowed (torchvision's tensor path instead truncates them to whole pixels).
 
 :func:`longtail.data.fused_ops.apply_ops` gives every sample its own op, with a fused selection.
 """
@@ -259,10 +261,20 @@ def _interpolate(x: Tensor, sx: Tensor, sy: Tensor, fill: Fill, interpolation: I
 
     ``interpolation`` is ``"bilinear"``, ``"bicubic"`` or a per-sample choice (bool [B], True = bicubic):
     then both are computed on the 4 x 4 taps and selected per sample, each sample bit for bit what its
-    mode gives on its own. The number of operations is fixed (a loop over the 2 or 4 rows of taps,
-    never over samples).
+    mode gives on its own (where reading is free, on a CPU, each group of samples runs its own filter
+    instead). The number of operations is fixed (a loop over the 2 or 4 rows of taps, never over
+    samples).
     """
     b, ch, h, w = x.shape
+    if isinstance(interpolation, Tensor) and interpolation.shape != (b,):
+        raise ValueError(f"a per-sample interpolation must be a bool tensor [{b}], got {tuple(interpolation.shape)}")
+    if isinstance(interpolation, Tensor) and hostsync.reads_are_free(x):  # CPU: each sample only its own filter
+        out = torch.empty_like(x)
+        for mode, rows in (("bicubic", interpolation.nonzero()), ("bilinear", (~interpolation).nonzero())):
+            rows = rows.squeeze(1)
+            if rows.numel():
+                out.index_copy_(0, rows, _interpolate(x[rows], sx[rows], sy[rows], fill, mode))
+        return out
     inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
     xs, ys = sx - 0.5, sy - 0.5
     x0, y0 = xs.floor(), ys.floor()
@@ -271,8 +283,6 @@ def _interpolate(x: Tensor, sx: Tensor, sy: Tensor, fill: Fill, interpolation: I
     offsets = (0, 1) if linear else (-1, 0, 1, 2)
     cubic = None  # [B, 1, 1, 1] bool: True (bicubic) or False (bilinear), for a per-sample choice
     if isinstance(interpolation, Tensor):
-        if interpolation.shape != (b,):
-            raise ValueError(f"a per-sample interpolation must be a bool tensor [{b}], got {tuple(interpolation.shape)}")
         cubic = interpolation.to(device=x.device, dtype=torch.bool).view(b, 1, 1, 1)
     cols = torch.stack([(x0 + o).clamp(0, w - 1) for o in offsets], 1).long()  # [B, T, H, W]
     levels = _levels(x).to(torch.float64)
