@@ -208,7 +208,8 @@ def _nearest_source(x: Tensor, a: Tensor, b_: Tensor, c: Tensor, d: Tensor, e: T
     pixel, each int64 [B, H, W] (outside the image where it takes ``fill``).
 
     Pillow has two nearest paths, chosen per image. Without rotation or shear (b = d = 0) it reads
-    column floor(c + a·(i + 0.5)) in float64 (``ImagingScaleAffine``, exact here). Otherwise it uses
+    column floor(c + a·(i + 0.5)) in float64 (``ImagingScaleAffine``, which accumulates a per column:
+    the same numbers for a = ±1, the only values our ops produce). Otherwise it uses
     16.16 fixed point (``affine_fixed``): with A = floor(65536·a + 0.5) for a, b, d, e and
     C = fix(c + a/2 + b/2), F = fix(f + d/2 + e/2), the column is (C + i·A + j·B) >> 16 and the row
     (F + i·D + j·E) >> 16. Both are reproduced exactly, in integer arithmetic for the second."""
@@ -288,8 +289,7 @@ def _interpolate(x: Tensor, sx: Tensor, sy: Tensor, fill: Fill, interpolation: I
     levels = _levels(x).to(torch.float64)
     # offset of each (sample, channel) plane in the flat levels: one ``take`` reads every tap of a row (much
     # faster on a CPU than ``gather`` with an index expanded over the channels)
-    planes = hostsync.cached(("plane_offsets", b, ch, h * w), x.device,
-                             lambda dv: torch.arange(b * ch, device=dv).view(b, ch, 1, 1, 1) * (h * w))
+    planes = torch.arange(0, b * ch * h * w, h * w, device=x.device).view(b, ch, 1, 1, 1)
 
     def combine(v: list[Tensor], t: Tensor) -> Tensor:
         if linear:
