@@ -198,8 +198,8 @@ def _centres(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _fix(v: Tensor) -> Tensor:
-    """Pillow's 16.16 fixed point of a coefficient, floor(v·65536 + 0.5), as int64."""
-    return (v * 65536.0 + 0.5).floor().long()
+    """Pillow's 16.16 fixed point of a coefficient, floor(v·65536 + 0.5) (an integer, kept in float64)."""
+    return (v * 65536.0 + 0.5).floor()
 
 
 def _nearest_source(x: Tensor, a: Tensor, b_: Tensor, c: Tensor, d: Tensor, e: Tensor,
@@ -207,22 +207,25 @@ def _nearest_source(x: Tensor, a: Tensor, b_: Tensor, c: Tensor, d: Tensor, e: T
     """The input pixel (column, row) that Pillow's NEAREST ``Image.transform(AFFINE)`` reads for each output
     pixel, each int64 [B, H, W] (outside the image where it takes ``fill``).
 
-    Pillow has two nearest paths, chosen per image. Without rotation or shear (b = d = 0) it reads
-    column floor(c + a·(i + 0.5)) in float64 (``ImagingScaleAffine``, which accumulates a per column:
-    the same numbers for a = ±1, the only values our ops produce). Otherwise it uses
-    16.16 fixed point (``affine_fixed``): with A = floor(65536·a + 0.5) for a, b, d, e and
-    C = fix(c + a/2 + b/2), F = fix(f + d/2 + e/2), the column is (C + i·A + j·B) >> 16 and the row
-    (F + i·D + j·E) >> 16. Both are reproduced exactly, in integer arithmetic for the second."""
+    Pillow has two nearest paths, chosen per image. With rotation or shear (b or d nonzero) it uses 16.16
+    fixed point (``affine_fixed``): with A = floor(65536·a + 0.5) for a, b, d, e, and C = A(c + a/2 + b/2),
+    F = A(f + d/2 + e/2) likewise, the column is (C + i·A + j·B) >> 16 and the row (F + i·D + j·E) >> 16.
+    Without (``ImagingScaleAffine``) it reads column floor(c + a/2 + i·a) in float64, adding a once per
+    column; for a = ±1 (the only scale any op here produces) that is floor(c + a/2) + i·a, which the same
+    integer formula gives with C = 65536·floor(c + a/2). One formula for every sample, chosen per sample
+    by its coefficients (so no per-pixel selection): exact for all our ops; for a general scale matrix the
+    scale path is approximated in 16.16 fixed point."""
     h, w = x.shape[2:]
-    us, vs = _centres(x)
-    scale = (b_ == 0) & (d == 0)
-    col_f = (c + a * us).floor().long()  # [B, 1, W]
-    row_f = (f + e * vs).floor().long()  # [B, H, 1]
-    ii = hostsync.cached(("pixel_index", w), x.device, lambda dv: torch.arange(w, dtype=torch.int64, device=dv))
-    jj = hostsync.cached(("pixel_index", h), x.device, lambda dv: torch.arange(h, dtype=torch.int64, device=dv)).view(h, 1)
-    col_x = (_fix(c + a * 0.5 + b_ * 0.5) + ii * _fix(a) + jj * _fix(b_)) >> 16
-    row_x = (_fix(f + d * 0.5 + e * 0.5) + ii * _fix(d) + jj * _fix(e)) >> 16
-    return torch.where(scale, col_f, col_x), torch.where(scale, row_f, row_x)
+    scale = (b_ == 0) & (d == 0)  # [B, 1, 1]
+    c0 = torch.where(scale, (c + a * 0.5).floor() * 65536.0, (c + a * 0.5 + b_ * 0.5) * 65536.0 + 0.5).floor()
+    f0 = torch.where(scale, (f + e * 0.5).floor() * 65536.0, (f + d * 0.5 + e * 0.5) * 65536.0 + 0.5).floor()
+    # integers below 2**53 in float64 (exact), and a division by 2**16 (exact) then floor: Pillow's ">> 16"
+    ii = hostsync.cached(("pixel_index64", w), x.device, lambda dv: torch.arange(w, dtype=torch.float64, device=dv))
+    jj = hostsync.cached(("pixel_index64", h), x.device,
+                         lambda dv: torch.arange(h, dtype=torch.float64, device=dv)).view(h, 1)
+    col = (((c0 + jj * _fix(b_)) + ii * _fix(a)) * (1.0 / 65536.0)).floor().long()
+    row = (((f0 + ii * _fix(d)) + jj * _fix(e)) * (1.0 / 65536.0)).floor().long()
+    return col, row
 
 
 def _warp(x: Tensor, a: Tensor, b_: Tensor, c: Tensor, d: Tensor, e: Tensor, f: Tensor, fill: Fill,
