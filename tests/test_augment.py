@@ -629,19 +629,21 @@ def test_large_image_views_follow_methods():
     assert not ra_steps(sim)
     # rand: the sim view, then RandAugment
     assert kinds(rand)[:6] == kinds(sim)[:6] and len(ra_steps(rand)) == 1
-    # v0: jitter with hue 0 always (not in a RandomApply), then RandAugment n2 m10 mstd0.5, 100 px, mean fill
+    # v0: jitter with hue 0 always (not in a RandomApply), then RandAugment n2 m10 mstd0.5, translations up to
+    # 0.45 of the side, bilinear or bicubic drawn per op (BCL's timm settings), mean fill
     assert kinds(v0)[:3] == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"]
     jitter = v0.transforms[2]
     assert jitter.brightness == jitter.contrast == jitter.saturation == (0.6, 1.4) and jitter.hue is None
     for tf in (rand, v0):
         (ra,) = ra_steps(tf)
-        assert ra.keywords == dict(n=2, m=10, mstd=0.5, fill=mean, translate_px=100)
+        assert ra.keywords == dict(n=2, m=10, mstd=0.5, fill=mean, translate_px=None, interpolation="random")
     assert ra_steps(_large("randaugment", mstd=0.0))[0].keywords["mstd"] == 0.0  # the caller's choice
     # the small-image path keeps the CIFAR views: scale 0.2-1 and a blur for sim, relative translations
     small = A.build_torchvision_transform("simclr_rand", train=True, image_size=32, mean=mean, std=mean,
                                           randaugment_mstd=0.5, **dict(_KW, cutout=8))
     assert small.transforms[0].scale == (0.2, 1.0) and "GaussianBlur" in kinds(small)
     assert ra_steps(small)[0].keywords["translate_px"] is None and "Cutout" not in repr(small)
+    assert ra_steps(small)[0].keywords["interpolation"] == "nearest"
 
 
 def test_stacked_draws_are_each_copys_share_of_a_draw_for_k_global_batches():

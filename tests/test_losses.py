@@ -161,7 +161,8 @@ def test_focal_parities_differ_only_with_weights():
 def test_class_balanced_matches_reference(b, c, kind, beta):
     s, y, _, counts = make_batch(b, c)
     w = torch.tensor(ref_cb_weights(counts, beta), dtype=torch.float64)
-    loss = ClassBalancedLoss(counts, beta=beta, loss=kind, gamma=2.0)
+    # the normalised reduction (Σw·L/Σw); the default, Σw·L/B, is checked in test_cb_parity.py
+    loss = ClassBalancedLoss(counts, beta=beta, loss=kind, gamma=2.0, reduction="normalized")
     torch.testing.assert_close(loss.weight.double(), w, rtol=1e-6, atol=0)
     ref = (lambda x: ref_ce(x, y, w)) if kind == "ce" else (lambda x: ref_focal(x, y, 2.0, w))
     check_value_and_grad(lambda x: loss(x, y), ref, s)

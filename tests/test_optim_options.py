@@ -186,9 +186,13 @@ def test_label_smoothed_ce_matches_the_written_out_reference(eps):
     assert plain.item() == pytest.approx(_smoothed_ce_reference(logits.tolist(), y.tolist(), eps), rel=1e-5)
     assert weighted.item() == pytest.approx(_smoothed_ce_reference(logits.tolist(), y.tolist(), eps, weight), rel=1e-5)
     counts = [40, 10, 5, 2]
-    cb = ClassBalancedLoss(counts, beta=0.99, label_smoothing=eps)(logits, y)
     cbw = class_balanced_weights(counts, 0.99).tolist()
-    assert cb.item() == pytest.approx(_smoothed_ce_reference(logits.tolist(), y.tolist(), eps, cbw), rel=1e-5)
+    ref = _smoothed_ce_reference(logits.tolist(), y.tolist(), eps, cbw)  # divided by Σ_i w_{y_i}
+    cb = ClassBalancedLoss(counts, beta=0.99, label_smoothing=eps, reduction="normalized")(logits, y)
+    assert cb.item() == pytest.approx(ref, rel=1e-5)
+    # the default reduction (the class-balanced paper's) divides the same sum by the batch size
+    cb = ClassBalancedLoss(counts, beta=0.99, label_smoothing=eps)(logits, y)
+    assert cb.item() == pytest.approx(ref * sum(cbw[t] for t in y.tolist()) / len(y), rel=1e-5)
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.35])

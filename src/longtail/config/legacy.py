@@ -11,3 +11,22 @@ LEGACY_METHOD_DEFAULTS = {
     "class_complement": True, "bbl_lambda": 1.0, "bbl_gamma": 0.5, "bbl_global_mode": "reweight", "bbl_kappa": 1.0,
     "bbl_variant": "r1", "bbl_local_repulsion_only": False, "bbl_r2_batch_positives": False, "bbl_queue_size": 1024,
 }
+
+#: Method parameters added after runs were written, with the value those runs were trained with: a run's
+#: ``config.yaml`` without the key predates it, and reading it must not switch the run to the new default.
+#: ``(method, parameter) -> value``.
+ADDED_METHOD_PARAMS = {
+    # cb's reduction became the class-balanced paper's Σw·L/B; runs before it divided by Σw
+    ("cb", "cb_reduction"): "normalized",
+}
+
+
+def upgrade_run_config(cfg, raw: dict, overrides=()) -> None:
+    """Give a run's config (``cfg``, read from a run directory's ``config.yaml`` whose mapping is ``raw``) the
+    values of :data:`ADDED_METHOD_PARAMS` its file predates, unless an override sets them."""
+    section = raw.get("method") if isinstance(raw, dict) else None
+    section = section if isinstance(section, dict) else {}
+    overridden = {ov.split("=", 1)[0].strip() for ov in overrides}
+    for (method, key), value in ADDED_METHOD_PARAMS.items():
+        if cfg.method.name == method and key not in section and f"method.{key}" not in overridden:
+            setattr(cfg.method, key, value)

@@ -16,12 +16,13 @@ from torch import Tensor
 from longtail import hostsync
 from longtail.data.draws import batch_rows, rand, randint, randn, stacked
 from longtail.data.fused_ops import apply_ops
-from longtail.data.pil_ops import (GEOMETRIC_OPS, Fill, affine_nearest, autocontrast, brightness,
-                                   check_batch, color, contrast, equalize, fill_tensor, invert, posterize, rotate,
-                                   sharpness, shear_x, shear_y, solarize, solarize_add, translate_x, translate_y)
+from longtail.data.pil_ops import (GEOMETRIC_OPS, INTERPOLATIONS, Fill, affine, affine_nearest, autocontrast,
+                                   brightness, check_batch, check_interpolation, color, contrast, draw_interpolation,
+                                   equalize, fill_tensor, invert, posterize, rotate, sharpness, shear_x, shear_y,
+                                   solarize, solarize_add, translate_x, translate_y)
 
 __all__ = [
-    "AA_CIFAR10_POLICY", "RA_OPS", "affine_nearest", "shear_x", "shear_y", "translate_x",
+    "AA_CIFAR10_POLICY", "RA_OPS", "INTERPOLATIONS", "affine", "affine_nearest", "shear_x", "shear_y", "translate_x",
     "translate_y", "rotate", "invert", "posterize", "solarize", "solarize_add", "autocontrast",
     "equalize", "brightness", "color", "contrast", "sharpness", "apply_ops", "auto_augment_cifar",
     "rand_augment", "aa_draw", "ra_draw", "batch_rows", "stacked", "rand", "randint", "randn", "check_batch",
@@ -122,7 +123,8 @@ def auto_augment_cifar(x: Tensor, g: torch.Generator, fill: Fill = 128 / 255) ->
     Magnitudes follow torchvision's bins (shear 0.3, translate 150/331 of the size, rotate 30 deg,
     enhance factors 1 +- 0.9, posterize 8..4 bits, solarize threshold 255..0 levels, each at bin 9);
     shear, translate, rotate and enhance magnitudes get a random sign. ``fill`` defaults to the
-    (128, 128, 128) grey of the common CIFAR implementation. Random draws: see :func:`aa_draw`.
+    (128, 128, 128) grey of the common CIFAR implementation. Rotate, shear and translate use nearest
+    resampling, as torchvision's AutoAugment does by default. Random draws: see :func:`aa_draw`.
 
     Shape:
         x: [B, C, H, W] in [0, 1]; returns the same shape.
@@ -193,7 +195,8 @@ def ra_draw(g: torch.Generator, b: int, h: int, w: int, device, n: int = 2, m: f
 
 
 def rand_augment(x: Tensor, g: torch.Generator, n: int = 2, m: float = 10.0, mstd: float = 0.0,
-                 fill: Fill = 128 / 255, p: float = 0.5, translate_px: float | None = None) -> Tensor:
+                 fill: Fill = 128 / 255, p: float = 0.5, translate_px: float | None = None,
+                 interpolation: str = "nearest") -> Tensor:
     """timm-style RandAugment: ``n`` ops drawn uniformly with replacement from the 15 of
     :data:`RA_OPS`, each applied with probability ``p``, per sample.
 
@@ -203,8 +206,17 @@ def rand_augment(x: Tensor, g: torch.Generator, n: int = 2, m: float = 10.0, mst
     levels >= ``int(256 L / 10)``, so at L = 10 solarize does nothing. Translations reach 0.45 of
     the image side at level 10 (timm's relative TranslateRel); a given ``translate_px`` makes them
     absolute instead, ``translate_px`` pixels at level 10 (timm's TranslateX with
-    ``translate_const``; the BCL ImageNet recipe uses ``int(0.45 * 224) = 100``). Random draws: see
-    :func:`ra_draw`.
+    ``translate_const``).
+
+    ``interpolation`` resamples Rotate, ShearX/Y and TranslateX/Y like Pillow's ``Image.transform``
+    (:data:`~longtail.data.pil_ops.INTERPOLATIONS`). ``"nearest"`` (the default) is what the CIFAR
+    RandAugment preset uses; ``"random"`` draws bilinear or bicubic with equal probability per sample and
+    op application, as timm does for every op call (BCL's ImageNet-LT / iNat recipe, which also
+    translates by up to 0.45 of the side: ``translate_px=None``).
+
+    Random draws, all from ``g``: those of :func:`ra_draw`, then with ``interpolation="random"``
+    ``rand([B, n]) < 0.5`` (True: bicubic). The other modes draw nothing more, so their draws are
+    unchanged.
 
     Shape:
         x: [B, C, H, W] in [0, 1]; returns the same shape.
@@ -214,8 +226,11 @@ def rand_augment(x: Tensor, g: torch.Generator, n: int = 2, m: float = 10.0, mst
         raise ValueError(f"rand_augment needs n >= 0, mstd >= 0 and p in [0, 1], got n={n}, mstd={mstd}, p={p}")
     if translate_px is not None and not 0.0 <= translate_px < math.inf:
         raise ValueError(f"translate_px must be a finite number of pixels >= 0 (or None), got {translate_px}")
+    check_interpolation(interpolation)
     b, _, h, w = x.shape
     op, param = ra_draw(g, b, h, w, x.device, n=n, m=m, mstd=mstd, p=p, translate_px=translate_px)
+    interp = draw_interpolation(interpolation, g, b, n, device=x.device)
     for i in range(n):
-        x = apply_ops(x, _RA_NAMES, op[:, i], param[:, i], fill)
+        x = apply_ops(x, _RA_NAMES, op[:, i], param[:, i], fill,
+                      interpolation=interp[:, i] if isinstance(interp, Tensor) else interp)
     return x

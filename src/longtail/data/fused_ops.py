@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from longtail import hostsync
-from longtail.data.pil_ops import (_BLENDS, _POINTWISE, GEOMETRIC_OPS, POINTWISE_OPS, Fill, _autocontrast_levels,
-                                   _blend, _c, _equalize_levels, _levels, _pil_luma, _smooth, _warp_rows)
+from longtail.data.pil_ops import (_BLENDS, _POINTWISE, GEOMETRIC_OPS, POINTWISE_OPS, Fill, Interp,
+                                   _autocontrast_levels, _blend, _c, _equalize_levels, _levels, _pil_luma, _smooth,
+                                   _warp_rows, check_interpolation)
 
 __all__ = ["apply_ops"]
 
@@ -36,6 +37,23 @@ def _pointwise_rows(x: Tensor, names: Sequence[str], hit: Tensor, pm: Tensor, pa
         return x.index_copy(0, rows, _pointwise_chain(x[rows], names, hit[rows], pm[rows], param[rows]) / 255.0)
     v = _pointwise_chain(x, names, hit, pm, param)
     return torch.where(pointwise.view(-1, 1, 1, 1), v / 255.0, x)  # untouched samples keep off-grid values
+
+
+def _geometric_rows(x: Tensor, names: Sequence[str], hit: Tensor, pm: Tensor, fill: Fill, interpolation: Interp) -> Tensor:
+    """The geometric op ``names[k]`` on every sample with ``hit[:, k]``: one warp. Where reading is free (CPU)
+    it runs on the samples that chose a geometric op only (none: no warp at all, the common case of a
+    one-image DataLoader batch); elsewhere on the whole batch (the identity for the others), without a
+    host sync."""
+    if not hostsync.reads_are_free(x):
+        return _warp_rows(x, names, pm, fill, interpolation)
+    mask = hostsync.constant([float(n in GEOMETRIC_OPS) for n in names], torch.bool, x.device)
+    rows = (hit & mask).any(1).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return x
+    if rows.numel() == x.shape[0]:
+        return _warp_rows(x, names, pm, fill, interpolation)
+    interp = interpolation[rows] if isinstance(interpolation, Tensor) else interpolation
+    return x.index_copy(0, rows, _warp_rows(x[rows], names, pm[rows], fill, interp))
 
 
 def _pointwise_chain(x: Tensor, names: Sequence[str], hit: Tensor, pm: Tensor, param: Tensor) -> Tensor:
@@ -80,14 +98,18 @@ def _pointwise_chain(x: Tensor, names: Sequence[str], hit: Tensor, pm: Tensor, p
 
 
 def apply_ops(x: Tensor, names: Sequence[str], op: Tensor, param: Tensor, fill: Fill = 0.0,
-              subset: bool = False) -> Tensor:
+              subset: bool = False, interpolation: Interp = "nearest") -> Tensor:
     """Apply op ``names[op[i]]`` with argument ``param[i]`` to sample i (``op[i] == -1``: unchanged).
+
+    ``interpolation`` resamples the geometric ops: ``"nearest"``, ``"bilinear"``, ``"bicubic"``, or a
+    per-sample choice (bool [B], True = bicubic, False = bilinear; see
+    :func:`longtail.data.pil_ops.draw_interpolation` for ``"random"``).
 
     All geometric ops of the batch are one warp (identity matrix for the other samples), and all
     pointwise ops one fused chain: a fixed number of operations per call, no host sync on a GPU (on a
-    CPU the chain skips the samples without a pointwise op). ``subset=True`` instead runs each pointwise
-    op on its own selected samples (boolean indexing: a host sync per op on a GPU), at two to three
-    times the operations. All paths give the same result.
+    CPU the warp and the chain skip the samples without a geometric or pointwise op).
+    ``subset=True`` instead runs each pointwise op on its own selected samples (boolean indexing: a host
+    sync per op on a GPU), at two to three times the operations. All paths give the same result.
 
     Shape:
         x: [B, C, H, W]; op: int64 [B]; param: float [B]; returns [B, C, H, W].
@@ -97,12 +119,15 @@ def apply_ops(x: Tensor, names: Sequence[str], op: Tensor, param: Tensor, fill: 
         raise ValueError(f"unknown op(s) {unknown}; valid: {sorted(GEOMETRIC_OPS + POINTWISE_OPS)}")
     if len(set(names)) != len(names):
         raise ValueError(f"apply_ops needs distinct op names, got {list(names)}")
+    if isinstance(interpolation, str) and check_interpolation(interpolation) == "random":
+        raise ValueError("apply_ops needs the per-sample choice of 'random' interpolation: draw it with "
+                         "pil_ops.draw_interpolation and pass the bool tensor")
     kinds = hostsync.constant(range(len(names)), torch.int64, x.device)
     hit = op.view(-1, 1) == kinds  # [B, K]: which op each sample chose
     param = param.to(torch.float32)
     pm = param.view(-1, 1) * hit  # [B, K]: its parameter in the chosen op's column, 0 elsewhere
     if any(n in GEOMETRIC_OPS for n in names):
-        x = _warp_rows(x, names, pm, fill)
+        x = _geometric_rows(x, names, hit, pm, fill, interpolation)
     if not any(n in _POINTWISE for n in names):
         return x
     if not subset:

@@ -27,6 +27,13 @@ __all__ = ["PRESETS", "ViewPipeline", "build_view", "build_torchvision_transform
 PRESETS = ("none", "standard", "autoaugment", "randaugment", "simclr", "simclr_rand")
 _cutout = cutout  # build_view's `cutout` argument shadows the function
 
+#: RandAugment's geometric settings, the one place they are chosen. Small images (the CIFAR / TinyImageNet
+#: presets, batched or per image): nearest resampling, translations up to 0.45 of the side. Large images
+#: (ImageNet-LT, iNat: BCL's timm RandAugment): the same relative translations, and bilinear or bicubic
+#: drawn at random for every rotate / shear / translate application.
+RANDAUGMENT_GEOMETRY = {"small": dict(translate_px=None, interpolation="nearest"),
+                        "large": dict(translate_px=None, interpolation="random")}
+
 
 @dataclass(frozen=True)
 class ViewPipeline:
@@ -71,7 +78,8 @@ def _builtin_view(preset: str, *, image_size: int, crop_padding: int, flip: bool
     * ``standard``: random crop (``crop_padding``), flip, normalize, cutout if ``cutout > 0``.
     * ``autoaugment``: crop, flip, AutoAugment CIFAR-10 (grey fill), normalize, cutout
       (``cutout`` px, 16 when 0).
-    * ``randaugment``: crop, flip, RandAugment(n, m, mstd; fill = ``mean``), normalize, cutout if > 0.
+    * ``randaugment``: crop, flip, RandAugment(n, m, mstd; fill = ``mean``; nearest resampling),
+      normalize, cutout if > 0.
     * ``simclr`` (BCL's CIFAR "sim" view, docs/methods.md §2.4): random resized crop (scale 0.2-1), flip,
       colour jitter (0.4, 0.4, 0.4, 0.1; p 0.8), grayscale (p 0.2), Gaussian blur (sigma 0.1-2,
       p 0.5), normalize.
@@ -108,7 +116,7 @@ def _builtin_view(preset: str, *, image_size: int, crop_padding: int, flip: bool
     if preset in ("randaugment", "simclr_rand"):
         steps.append((_ra_name(randaugment_n, randaugment_m, randaugment_mstd),
                       partial(rand_augment, n=randaugment_n, m=randaugment_m, mstd=randaugment_mstd,
-                              fill=tuple(mean))))
+                              fill=tuple(mean), **RANDAUGMENT_GEOMETRY["small"])))
     steps.append(("normalize", lambda x, g: normalize(x, mean, std)))
     size = cutout or (16 if preset == "autoaugment" else 0)
     if size and not sim:
@@ -150,8 +158,9 @@ def _builtin_transform(preset: str, *, train: bool, image_size: int, crop_paddin
 
     * ``standard``, ``autoaugment``: RandomResizedCrop(image_size) replaces RandomCrop + padding.
     * ``randaugment`` (BCL's v0): RandomResizedCrop(image_size, scale 0.08-1), flip,
-      ColorJitter(0.4, 0.4, 0.4, 0) always, RandAugment(n, m, mstd) with translations of
-      ``int(0.45 * image_size)`` px at level 10 (100 px at 224, BCL's ``translate_const``).
+      ColorJitter(0.4, 0.4, 0.4, 0) always, RandAugment(n, m, mstd) with translations of up to 0.45
+      of the side at level 10 and bilinear or bicubic resampling drawn per op application
+      (:data:`RANDAUGMENT_GEOMETRY`; small images keep nearest).
     * ``simclr`` ("sim"): RandomResizedCrop(image_size, scale 0.08-1), flip, ColorJitter(0.4, 0.4,
       0.4, 0.1) with p 0.8, RandomGrayscale(p 0.2); no blur.
     * ``simclr_rand`` ("rand"): the sim view, then RandAugment as in ``randaugment``.
@@ -191,11 +200,12 @@ def _builtin_transform(preset: str, *, train: bool, image_size: int, crop_paddin
             k = max(3, int(0.1 * image_size) // 2 * 2 + 1)
             head.append(T.RandomApply([T.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
     if preset in ("randaugment", "simclr_rand"):
-        shift = int(0.45 * image_size) if large else None
+        geometry = RANDAUGMENT_GEOMETRY["large" if large else "small"]
         tail.append(_TensorStep(
-            f"RandAugment(n={randaugment_n}, m={randaugment_m}, mstd={randaugment_mstd}, translate_px={shift})",
+            f"RandAugment(n={randaugment_n}, m={randaugment_m}, mstd={randaugment_mstd}, "
+            f"interpolation={geometry['interpolation']})",
             partial(rand_augment, n=randaugment_n, m=randaugment_m, mstd=randaugment_mstd, fill=tuple(mean),
-                    translate_px=shift)))
+                    **geometry)))
     size = cutout or (16 if preset == "autoaugment" else 0)
     if size and not sim:
         post.append(_TensorStep(f"Cutout({size})", partial(_cutout, size=size)))

@@ -83,7 +83,7 @@ def load_run(run_dir: str | Path, device: torch.device, overrides: Optional[list
     final weights (with ``ema``: their moving average, train.ema_decay) loaded, in eval mode. The one way
     every command (eval, extract, decouple) loads a run."""
     rd = RunDir(run_dir)
-    cfg = C.load(rd.require_config(), overrides or [])
+    cfg = load_run_config(rd.require_config(), overrides or [])
     cfg.train.sync_bn = False  # evaluation normalises with the running statistics: nothing to synchronise
     pieces = build_pieces(cfg, device)
     sd = rd.load_weights(ema=ema)
@@ -100,7 +100,18 @@ def load_resume_config(resume: str, config_path: Optional[str], overrides: list[
     path = Path(config_path) if config_path else run_dir / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"cannot resume: {run_dir} has no config.yaml (pass --config FILE)")
-    return C.load(path, overrides)
+    return load_run_config(path, overrides) if config_path is None else C.load(path, overrides)
+
+
+def load_run_config(path: Path, overrides: Optional[list[str]] = None) -> C.Config:
+    """The ``config.yaml`` of a run directory: :func:`longtail.config.load`, plus the values of method
+    parameters added after the run was written (``config.legacy``), so old runs keep what they trained with."""
+    from longtail.config.legacy import upgrade_run_config
+    from longtail.config.yamlio import read_yaml_file
+
+    cfg = C.load(path, overrides)
+    upgrade_run_config(cfg, read_yaml_file(path), overrides or [])
+    return cfg
 
 
 def check_run_name(name: str) -> str:

@@ -20,6 +20,16 @@ def _modulate(one_minus_p: Tensor, gamma: float) -> Tensor:
     return one_minus_p.clamp_min(_TINY).pow(gamma)
 
 
+def focal_terms(logits: Tensor, targets: Tensor, gamma: float) -> Tensor:
+    """Per-sample softmax focal loss FL_i = −(1 − p_{y_i})^γ log p_{y_i}, p = softmax(s) (unreduced).
+
+    Shape:
+        logits [B, C] float32, targets [B] int64 (both already checked) -> [B] float32.
+    """
+    logp_y = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    return -_modulate(-torch.expm1(logp_y), gamma) * logp_y  # 1 − p via expm1: accurate near p = 1
+
+
 def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 1.0, weight: Optional[Tensor] = None,
                parity: str = "default") -> Tensor:
     """Softmax focal loss.
@@ -43,8 +53,7 @@ def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 1.0, weight: Opti
     if parity == "ldam":
         ce = F.cross_entropy(logits, targets, weight=weight, reduction="none")
         return (_modulate(-torch.expm1(-ce), gamma) * ce).mean()
-    logp_y = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
-    loss = -_modulate(-torch.expm1(logp_y), gamma) * logp_y  # 1 − p via expm1: accurate near p = 1
+    loss = focal_terms(logits, targets, gamma)
     if weight is None:
         return loss.mean()
     w = weight[targets]
