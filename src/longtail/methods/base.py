@@ -47,8 +47,9 @@ def list_methods() -> list[str]:
 def create_method(cfg: Config, train_counts: np.ndarray) -> "Method":
     """The method of ``cfg.method`` for a training split with ``train_counts`` images per class."""
     cls = METHODS.get(cfg.method.name)
+    extra = {"seed": int(cfg.train.seed)} if getattr(cls, "takes_seed", False) else {}  # e.g. ProCo's init draws
     return cls(cfg.method, model=cfg.model, augment=cfg.data.augment,
-               train_counts=np.asarray(train_counts, dtype=np.int64))
+               train_counts=np.asarray(train_counts, dtype=np.int64), **extra)
 
 
 def check_value(ok: bool, key: str, msg: str) -> None:
@@ -74,6 +75,8 @@ class Method(nn.Module):
     name: ClassVar[str] = "base"
     Params: ClassVar[type] = MethodConfig
     num_views: ClassVar[int] = 1
+    #: True: :func:`create_method` passes the run seed (``train.seed``) as the keyword ``seed``
+    takes_seed: ClassVar[bool] = False
 
     def __init__(self, params: MethodConfig, *, model: ModelConfig, augment: str, train_counts: np.ndarray):
         super().__init__()
