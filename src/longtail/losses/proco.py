@@ -33,8 +33,8 @@ from longtail.losses._common import CountsLike, as_counts
 from longtail.losses.bessel import (BESSEL_METHODS, bessel_ratio, check_order, log_bessel_f,
                                     log_bessel_f_of_square)
 
-__all__ = ["ProCoLoss", "ProCoOutput", "ProCoStats", "proco_kappa", "proco_logits", "init_directions",
-           "NUMERATORS", "KAPPA_ESTIMATORS", "UPDATES", "BESSEL_METHODS", "KAPPA_MAX"]
+__all__ = ["ProCoLoss", "ProCoOutput", "ProCoStats", "proco_kappa", "proco_logits", "kappa_tilde_sq",
+           "init_directions", "NUMERATORS", "KAPPA_ESTIMATORS", "UPDATES", "BESSEL_METHODS", "KAPPA_MAX"]
 
 NUMERATORS = ("logmeanexp", "mean")
 KAPPA_ESTIMATORS = ("code", "banerjee")
@@ -93,15 +93,20 @@ def proco_logits(z: Tensor, mu: Tensor, kappa: Tensor, f_kappa: Tensor, temperat
     Shape:
         z [B, p], mu [C, p], kappa [C], f_kappa [C] -> [B, C] float64.
     """
-    p = z.shape[1]
-    nu = p / 2.0 - 1.0
+    nu = z.shape[1] / 2.0 - 1.0
+    q = kappa_tilde_sq(z, mu, kappa, temperature)
+    return log_bessel_f_of_square(q, nu, bessel) - f_kappa.to(torch.float64)[None, :]
+
+
+def kappa_tilde_sq(z: Tensor, mu: Tensor, kappa: Tensor, temperature: float) -> Tensor:
+    """||kappa_c mu_c + z/tau||^2 = kappa^2 + 2 kappa (z.mu)/tau + ||z||^2/tau^2 by one matmul, float64,
+    clamped at 0 from below. Shape: z [B, p], mu [C, p], kappa [C] -> [B, C]."""
     z64 = z.to(torch.float64)
     mu64, k = mu.to(torch.float64), kappa.to(torch.float64)
     dots = z64 @ mu64.t()  # [B, C]
     zz = (z64 * z64).sum(dim=1, keepdim=True)
     q = (k * k)[None, :] + (2.0 / temperature) * k[None, :] * dots + zz / (temperature * temperature)
-    q = q.clamp_min(0.0)
-    return log_bessel_f_of_square(q, nu, bessel) - f_kappa.to(torch.float64)[None, :]
+    return q.clamp_min(0.0)
 
 
 def init_directions(num_classes: int, dim: int, seed: int, index: int) -> Tensor:
