@@ -783,3 +783,18 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
             torch.testing.assert_close(res[r]["grads"][step] / WORLD, z.grad[r * n:(r + 1) * n], atol=1e-6, rtol=0)
     for k, v in single.state_dict().items():
         torch.testing.assert_close(res[0]["state"][k], v, atol=1e-6, rtol=0)
+
+
+def test_cifar_schedule_is_procos_warm_up_and_steps():
+    """ProCo's CIFAR schedule, set once per 0-based epoch e: lr (e + 1)/5 for e < 5, then x0.1 at 160 and 180."""
+    from longtail.engine.schedule import lr_at
+
+    cfg = C.load(ROOT / "configs" / "cifar10_lt" / "proco.yaml")
+    lrs = [lr_at(e, cfg.train.epochs, cfg.optim) for e in range(200)]
+    assert lrs[:6] == pytest.approx([0.06, 0.12, 0.18, 0.24, 0.3, 0.3])
+    assert lrs[159] == pytest.approx(0.3) and lrs[160] == pytest.approx(0.03) and lrs[180] == pytest.approx(0.003)
+    cfg = C.load(ROOT / "configs" / "cifar100_lt" / "proco.yaml",
+                 ["train.epochs=400", "optim.warmup_epochs=10", "optim.milestones=[360,380]"])
+    lrs = [lr_at(e, 400, cfg.optim) for e in range(400)]
+    assert lrs[0] == pytest.approx(0.03) and lrs[9] == pytest.approx(0.3) and lrs[359] == pytest.approx(0.3)
+    assert lrs[360] == pytest.approx(0.03) and lrs[399] == pytest.approx(0.003)
