@@ -136,7 +136,7 @@ def test_every_key_and_every_method_parameter_has_help():
         missing += _fields_without_help(hints[s], f"{s}.")
     assert not missing, f"keys without help: {missing}"
     assert len(C.all_keys(C.Config)) > 60  # every key of every section was looked at
-    assert set(METHODS.names()) >= {"ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "supcon"}
+    assert set(METHODS.names()) >= {"ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "supcon", "proco"}
     for name, entry in METHODS.items():
         params = getattr(entry, "Params", C.MethodConfig)
         missing = _fields_without_help(params)

@@ -380,7 +380,7 @@ def test_docs_key_reference_is_current():
 
     for key in C.all_keys(C.Config):
         assert f"`{key}`" in page, key
-    for name in ("ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "supcon"):
+    for name in ("ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "supcon", "proco"):
         for f in dataclasses.fields(METHODS.get(name).Params):
             if f.name != "name":
                 assert f"`method.{f.name}`" in page, (name, f.name)

@@ -113,19 +113,22 @@ def _epoch_record(run_dir: Path) -> dict:
     return json.loads(lines[0])
 
 
-@pytest.mark.parametrize("method", ["ce", "bcl", "bbl"])
+@pytest.mark.parametrize("method", ["ce", "bcl", "bbl", "proco"])
 def test_ddp_equals_single_process_on_the_same_global_batch(tmp_path, method):
     """One epoch (8 global batches, the last one partial) on 1 and on 2 processes, with augmentation (the
     standard crop + flip view; for BCL/BBL also the two SimCLR views): the same losses, the same accuracy,
     and (through 8 SGD steps) the same gradients, so the same weights, BatchNorm affine parameters
     included. For BCL/BBL the contrastive loss sees the all-gathered global batch; BBL's R4 keeps a queue
-    of class embeddings, which must evolve identically on every rank."""
+    of class embeddings, which must evolve identically on every rank; ProCo all-reduces its class
+    statistics, which must equal the single process's."""
     script = tmp_path / "train_script.py"
     script.write_text(TRAIN_SCRIPT)
     over = TINY + [f"method.name={method}", "train.epochs=1", "train.eval_every=0", "optim.weight_decay=5e-4",
                    "data.augment=standard"]
     if method == "bbl":
         over.append("method.bbl_variant=r4")
+    if method == "proco":
+        over += ["method.proj_hidden=16", "method.proj_dim=32"]
     flags = dict(FREEZE_BN="1")
     single = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), *over], env=env(**flags),
                             capture_output=True, text=True, timeout=120)
@@ -141,13 +144,13 @@ def test_ddp_equals_single_process_on_the_same_global_batch(tmp_path, method):
     for k in ra:
         if k.startswith("loss") or k == "train_acc":
             assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), k
-    if method == "bbl":
+    if method in ("bbl", "proco"):
         sa = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["method"]
         sb = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["method"]
         assert sa.keys() == sb.keys() and len(sa) > 0
         for k in sa:
             if isinstance(sa[k], torch.Tensor):
-                torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-5, msg=f"BBL state {k} differs")
+                torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-5, msg=f"{method} state {k} differs")
     sa = json.loads((tmp_path / "single" / "summary.json").read_text())
     sb = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert sb["num_test"] == sa["num_test"] == 500

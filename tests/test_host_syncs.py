@@ -140,7 +140,7 @@ def _eval_syncs(method: str, eval_batch_size: int, monkeypatch, tmp_path) -> tup
 
 
 @pytest.mark.parametrize("method", ["ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "bbl:r2", "bbl:r3",
-                                    "bbl:r4", "supcon"])
+                                    "bbl:r4", "supcon", "proco"])
 def test_host_syncs_do_not_grow_with_the_number_of_steps(method, monkeypatch, tmp_path):
     steps_a, syncs_a, hits_a = _epoch_syncs(method, 64, monkeypatch, tmp_path / "a")
     steps_b, syncs_b, hits_b = _epoch_syncs(method, 160, monkeypatch, tmp_path / "b")
@@ -162,7 +162,7 @@ def test_training_options_add_no_host_syncs_per_step(method, options, monkeypatc
                                 f"{dict(hits_a - hits_b)}")
 
 
-@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl"])
+@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl", "proco"])
 def test_evaluation_syncs_do_not_grow_with_the_number_of_batches(method, monkeypatch, tmp_path):
     batches_a, syncs_a, hits_a = _eval_syncs(method, 100, monkeypatch, tmp_path / "a")
     batches_b, syncs_b, hits_b = _eval_syncs(method, 500, monkeypatch, tmp_path / "b")
@@ -193,7 +193,7 @@ def test_the_recorder_catches_each_kind_of_sync():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl", "bbl:r4"])
+@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl", "bbl:r4", "proco"])
 def test_cuda_training_steps_raise_no_sync_error(method, tmp_path):
     """On a GPU, torch's sync debug mode turns any host sync inside the steps into an error."""
     method, _, variant = method.partition(":")

@@ -118,7 +118,7 @@ def test_entry_points_register_on_first_use(monkeypatch):
 def test_registries_list_the_builtins_with_did_you_mean():
     from longtail.registry import BACKBONES, DATASETS, HEADS, METHODS, PRESETS, SAMPLERS
 
-    assert {"ce", "focal", "cb", "ldam_drw", "la", "bcl", "supcon", "bbl"} <= set(METHODS.names())
+    assert {"ce", "focal", "cb", "ldam_drw", "la", "bcl", "supcon", "bbl", "proco"} <= set(METHODS.names())
     assert {"digits", "cifar10", "cifar100", "tinyimagenet", "imagenet_lt", "places_lt", "inat2018"} <= set(
         DATASETS.names())
     assert {"linear", "cosine"} == set(HEADS.names()) and "resnet32" in BACKBONES

@@ -105,8 +105,8 @@ class MethodConfig:
     """The ``method`` section: the method's name; each method's dataclass adds its own parameters, declared
     with :func:`param` so that their constraints are checked in one place."""
 
-    name: str = key("ce", help="a registered method: ce | focal | cb | ldam_drw | la | bcl | bbl | supcon | ... "
-                               "(its own keys follow it)")
+    name: str = key("ce", help="a registered method: ce | focal | cb | ldam_drw | la | bcl | bbl | supcon | "
+                               "proco | ... (its own keys follow it)")
 
     def check(self) -> None:
         """Raise ConfigError ``method.<key> must be ...`` for the first parameter that breaks its constraint."""

@@ -24,7 +24,7 @@ from longtail.registry import PRESETS as _REGISTRY
 __all__ = ["PRESETS", "ViewPipeline", "build_view", "build_torchvision_transform"]
 
 #: the built-in presets
-PRESETS = ("none", "standard", "autoaugment", "randaugment", "simclr", "simclr_rand")
+PRESETS = ("none", "standard", "autoaugment", "randaugment", "simclr", "simclr_rand", "proco_cifar")
 _cutout = cutout  # build_view's `cutout` argument shadows the function
 
 #: RandAugment's geometric settings, the one place they are chosen. Small images (the CIFAR / TinyImageNet
@@ -88,6 +88,8 @@ def _builtin_view(preset: str, *, image_size: int, crop_padding: int, flip: bool
       sim view is an unchanged prefix (same draws from ``g``), as in BCL's ImageNet "rand" stack,
       where RandAugment follows jitter and grayscale; putting it after the blur also keeps its
       8-bit ops (posterize, solarize, equalize) from being smoothed away.
+    * ``proco_cifar`` (ProCo's CIFAR contrastive view): random resized crop (scale 0.08-1), flip,
+      colour jitter (0.4, 0.4, 0.4, 0.1; p 0.8), grayscale (p 0.2), normalize; no blur.
 
     Cutout runs after normalisation with value 0, i.e. the mean. ``flip`` switches the flip off.
     ``randaugment_mstd`` is the per-op level noise (0: the level is always ``randaugment_m``; BCL
@@ -99,20 +101,24 @@ def _builtin_view(preset: str, *, image_size: int, crop_padding: int, flip: bool
         raise ValueError(f"need image_size > 0, crop_padding >= 0 and cutout >= 0, "
                          f"got {image_size}, {crop_padding}, {cutout}")
     _check_ra(randaugment_n, randaugment_m, randaugment_mstd)
-    sim = preset in ("simclr", "simclr_rand")
+    sim = preset in ("simclr", "simclr_rand", "proco_cifar")
+    scale = (0.08, 1.0) if preset == "proco_cifar" else (0.2, 1.0)
     steps: list[tuple[str, Step]] = []
     if preset in ("standard", "autoaugment", "randaugment"):
         steps.append((f"crop{image_size}+pad{crop_padding}",
                       partial(random_crop, size=image_size, padding=crop_padding)))
     if sim:
-        steps.append((f"resized_crop{image_size}", partial(random_resized_crop, size=image_size, scale=(0.2, 1.0))))
+        steps.append((f"resized_crop{image_size}" + ("_scale0.08" if preset == "proco_cifar" else ""),
+                      partial(random_resized_crop, size=image_size, scale=scale)))
     if flip and preset != "none":
         steps.append(("hflip", random_hflip))
     if preset == "autoaugment":
         steps.append(("autoaugment_cifar10", auto_augment_cifar))
     if sim:
         steps += [("color_jitter", partial(color_jitter, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8)),
-                  ("grayscale", partial(random_grayscale, p=0.2)), ("gaussian_blur", partial(gaussian_blur, p=0.5))]
+                  ("grayscale", partial(random_grayscale, p=0.2))]
+        if preset != "proco_cifar":
+            steps.append(("gaussian_blur", partial(gaussian_blur, p=0.5)))
     if preset in ("randaugment", "simclr_rand"):
         steps.append((_ra_name(randaugment_n, randaugment_m, randaugment_mstd),
                       partial(rand_augment, n=randaugment_n, m=randaugment_m, mstd=randaugment_mstd,
@@ -164,6 +170,9 @@ def _builtin_transform(preset: str, *, train: bool, image_size: int, crop_paddin
     * ``simclr`` ("sim"): RandomResizedCrop(image_size, scale 0.08-1), flip, ColorJitter(0.4, 0.4,
       0.4, 0.1) with p 0.8, RandomGrayscale(p 0.2); no blur.
     * ``simclr_rand`` ("rand"): the sim view, then RandAugment as in ``randaugment``.
+    * ``proco_cifar``: RandomResizedCrop(image_size, scale 0.08-1), flip, ColorJitter(0.4, 0.4, 0.4,
+      0.1) with p 0.8, RandomGrayscale(p 0.2), no blur, at any size; for large images the same as
+      ``simclr`` (ProCo's ImageNet contrastive view is BCL's sim view).
 
     BCL draws the RandAugment level from N(10, 0.5^2): pass ``randaugment_mstd=0.5``. The default
     0 keeps older callers' pipelines unchanged.
@@ -181,9 +190,9 @@ def _builtin_transform(preset: str, *, train: bool, image_size: int, crop_paddin
     if not train or preset == "none":
         head = ([T.Resize(resize)] if resize else []) + ([T.CenterCrop(center_crop)] if center_crop else [])
         return T.Compose(head + tail + post)
-    large, sim = resize is not None, preset in ("simclr", "simclr_rand")
+    large, sim = resize is not None, preset in ("simclr", "simclr_rand", "proco_cifar")
     if sim and not large:
-        head = [T.RandomResizedCrop(image_size, scale=(0.2, 1.0))]
+        head = [T.RandomResizedCrop(image_size, scale=(0.08, 1.0) if preset == "proco_cifar" else (0.2, 1.0))]
     elif large:
         head = [T.RandomResizedCrop(image_size, scale=(0.08, 1.0))]
     else:
@@ -196,7 +205,7 @@ def _builtin_transform(preset: str, *, train: bool, image_size: int, crop_paddin
         head.append(T.ColorJitter(0.4, 0.4, 0.4, 0.0))
     if sim:
         head += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
-        if not large:  # the ImageNet sim view has no blur (docs/methods.md §2.4)
+        if not large and preset != "proco_cifar":  # the ImageNet sim view has no blur (docs/methods.md §2.4)
             k = max(3, int(0.1 * image_size) // 2 * 2 + 1)
             head.append(T.RandomApply([T.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
     if preset in ("randaugment", "simclr_rand"):
@@ -243,6 +252,8 @@ def build_view(preset: str, **settings) -> ViewPipeline:
     * ``simclr`` (BCL's CIFAR "sim" view): random resized crop (scale 0.2-1), flip, colour jitter
       (0.4, 0.4, 0.4, 0.1; p 0.8), grayscale (p 0.2), Gaussian blur (sigma 0.1-2, p 0.5), normalize.
     * ``simclr_rand`` (the "rand" view = sim + RandAugment): the ``simclr`` steps, then RandAugment.
+    * ``proco_cifar`` (ProCo's CIFAR contrastive view): random resized crop (scale 0.08-1), flip, colour
+      jitter (0.4, 0.4, 0.4, 0.1; p 0.8), grayscale (p 0.2), normalize; no blur.
 
     Raises:
         ValueError: an unknown preset (naming the registered ones) or bad settings.

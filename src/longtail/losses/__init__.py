@@ -4,7 +4,8 @@ Every loss is an ``nn.Module`` with ``forward(logits [B, C], targets [B] int64) 
 logits of any float dtype are cast to float32 first and class statistics live in buffers. The
 buffers are non-persistent (not in ``state_dict``): a loss is rebuilt from the config and the class
 counts, and DRW re-derives its weights from the epoch, so checkpoints never carry loss state. The
-exceptions are BBL's stateful variants (R3's epoch memory, R4's queue), whose buffers are persistent.
+exceptions are BBL's stateful variants (R3's epoch memory, R4's queue) and ProCo's class statistics,
+whose buffers are persistent.
 
 Contrastive losses take ``(embeddings [N, V, D], labels [N][, prototypes [K, D]])``.
 
@@ -22,6 +23,7 @@ from longtail.losses.cross_entropy import CrossEntropyLoss, weighted_cross_entro
 from longtail.losses.focal import FocalLoss, focal_loss
 from longtail.losses.ldam import LDAMLoss, ldam_margins
 from longtail.losses.logit_adjusted import BalancedSoftmaxLoss, LogitAdjustedLoss, log_prior, posthoc_adjust
+from longtail.losses.proco import ProCoLoss, ProCoOutput
 from longtail.losses.supcon import SupConLoss
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "BBLOutput",
     "BBLSets",
     "BCLLoss",
+    "ProCoLoss",
+    "ProCoOutput",
     "SupConLoss",
     "bbl_class_weights",
     "bbl_sets",

@@ -48,8 +48,9 @@ def list_methods() -> list[str]:
 def create_method(cfg: Config, train_counts: np.ndarray) -> "Method":
     """The method of ``cfg.method`` for a training split with ``train_counts`` images per class."""
     cls = METHODS.get(cfg.method.name)
+    extra = {"seed": int(cfg.train.seed)} if getattr(cls, "takes_seed", False) else {}  # e.g. ProCo's init draws
     return cls(cfg.method, model=cfg.model, augment=cfg.data.augment,
-               train_counts=np.asarray(train_counts, dtype=np.int64))
+               train_counts=np.asarray(train_counts, dtype=np.int64), **extra)
 
 
 def label_smoothing_param() -> float:
@@ -84,6 +85,8 @@ class Method(nn.Module):
     #: the loss is a (weighted) mean of per-sample terms, so ``train.accumulate`` can split a batch into
     #: micro-batches without changing the update; False for losses that compare the samples of a batch
     accumulates: ClassVar[bool] = True
+    #: True: :func:`create_method` passes the run seed (``train.seed``) as the keyword ``seed``
+    takes_seed: ClassVar[bool] = False
 
     def __init__(self, params: MethodConfig, *, model: ModelConfig, augment: str, train_counts: np.ndarray):
         super().__init__()
