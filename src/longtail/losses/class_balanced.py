@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -63,10 +64,10 @@ class ClassBalancedLoss(nn.Module):
         self.register_buffer("counts", as_counts(counts).to(torch.float32), persistent=False)
         self.register_buffer("weight", class_balanced_weights(counts, beta), persistent=False)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
         if self.loss == "ce":
-            return weighted_cross_entropy(logits, targets, self.weight)
-        return focal_loss(logits, targets, self.gamma, self.weight, self.parity)
+            return weighted_cross_entropy(logits, targets, self.weight, sample_weight)
+        return focal_loss(logits, targets, self.gamma, self.weight, self.parity, sample_weight)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, loss={self.loss!r}, gamma={self.gamma}, parity={self.parity!r}"
