@@ -371,6 +371,46 @@ def test_a_resumed_mixed_run_equals_the_uninterrupted_one(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same run, also across a resume
 
 
+@pytest.mark.slow
+def test_the_compiled_step_gives_the_eager_mixed_loss_in_one_graph(tmp_path):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    results = []
+    for compiled in ("false", "true"):
+        cfg = tiny_train(**{"train.mix": "remix", "train.compile": compiled, "train.compile_backend": "aot_eager",
+                            "train.drop_last": "true"})
+        tr, p = _trainer(cfg, tmp_path)
+        tr.method.on_epoch_start(0)
+        p.network.train()
+        b = next(iter(p.train_batches.epoch(0)))
+        mixed, mix = tr.mixer(b.views[0], b.labels, 0, 0)
+        loss, _, correct = tr._forward_loss([mixed], b.labels, b.index, mix)
+        loss.backward()
+        results.append((loss.detach(), correct, {n: q.grad.clone() for n, q in p.network.named_parameters()}))
+    (l0, c0, g0), (l1, c1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c1, c0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-3, atol=1e-5, msg=name)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_the_example_plugin_takes_remix_label_weights():
+    from longtail.registry import METHODS, load_plugins
+
+    load_plugins([str(ROOT / "examples" / "inverse_frequency.py")])
+    method = METHODS.get("inverse_frequency")(METHODS.get("inverse_frequency").Params(power=1.0),
+                                              model=C.Config().model, augment="standard", train_counts=COUNTS)
+    check_criterion(method.criterion, "remix", "inverse_frequency")
+    logits, y_a, y_b = batch(9, seed=4)
+    lam = torch.linspace(0, 1, 9)
+    w = method.criterion.weight
+    want = ref_loss("ce", logits, y_a.tolist(), w, lam.tolist()) + \
+        ref_loss("ce", logits, y_b.tolist(), w, (1 - lam).tolist())
+    assert float(mixed_criterion(method.criterion, logits, y_a, MixedLabels(y_b, lam))) == pytest.approx(want, rel=1e-5)
+    assert torch.equal(method.criterion(logits, y_a), F.cross_entropy(logits, y_a, weight=w))  # unmixed: as before
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("method", ["bcl", "bbl", "supcon"])
