@@ -415,7 +415,7 @@ def test_the_example_plugin_takes_remix_label_weights():
 
 @pytest.mark.parametrize("method", ["bcl", "bbl", "supcon"])
 def test_multi_view_methods_refuse_mixing(method, tmp_path):
-    with pytest.raises(ConfigError, match=r"train.mix=mixup cannot be used: method '\w+' trains on 3 views"):
+    with pytest.raises(ConfigError, match=r"train.mix=mixup cannot be used: method '\w+' trains on 3 views per image"):
         R.train(C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml", ["train.mix=mixup", "device=cpu"]),
                 out=str(tmp_path / "r"), echo=quiet)
     assert not (tmp_path / "r").exists()

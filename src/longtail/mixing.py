@@ -237,8 +237,9 @@ def mixing_refusal(method_cls) -> Optional[str]:
     """Why ``method_cls`` cannot train with batch mixing (None: it can)."""
     views = getattr(method_cls, "num_views", 1)
     if views > 1:
-        return (f"method '{method_cls.name}' trains on {views} views per image (its contrastive views must stay "
-                f"two augmentations of one image), so batch mixing applies only to single-view methods")
+        return (f"method '{method_cls.name}' trains on {views} views per image, and mixing pairs the images of "
+                f"one view only (its other views would no longer show the mixed image); batch mixing is for "
+                f"single-view methods")
     from longtail.methods.base import Method
 
     if method_cls.loss is not Method.loss and method_cls.mixed_loss is Method.mixed_loss:
