@@ -43,8 +43,14 @@ class InverseFrequencyLoss(nn.Module):
         w = w * n.sum() / (n * w).sum()  # the average weight over the training images is 1
         self.register_buffer("weight", w.to(torch.float32), persistent=False)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets, weight=self.weight)
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, sample_weight=None) -> torch.Tensor:
+        """``sample_weight`` [B] (Remix's per-sample label weights, train.mix=remix) multiplies each sample's
+        term; the normaliser stays sum_i w_{y_i}."""
+        if sample_weight is None:
+            return F.cross_entropy(logits.float(), targets, weight=self.weight)
+        w = self.weight[targets]
+        terms = F.cross_entropy(logits.float(), targets, reduction="none")
+        return (sample_weight * w * terms).sum() / w.sum()
 
     def sample_weights(self, targets: torch.Tensor) -> torch.Tensor:
         """w_{y_i} per sample: train.accumulate weighs each micro-batch by its share of sum_i w_{y_i}."""

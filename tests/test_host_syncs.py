@@ -98,8 +98,10 @@ def _cold_caches() -> None:
 
 
 def _pieces(method: str, batch_size: int, eval_batch_size: int = 500, options: tuple = ()):
+    method, _, mix = method.partition("+")  # "ce+mixup": the method with batch mixing
     method, _, variant = method.partition(":")
     extra = ([f"method.bbl_variant={variant}"] if variant else []) + list(options)
+    extra += [f"train.mix={mix}"] if mix else []
     # the recipe's own views (AutoAugment + Cutout, SimCLR views) on the tiny digits set
     cfg = C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml", extra +
                  ["data.name=digits", "data.imbalance=10", "model.backbone=resnet8", "model.width=8",
@@ -140,7 +142,7 @@ def _eval_syncs(method: str, eval_batch_size: int, monkeypatch, tmp_path) -> tup
 
 
 @pytest.mark.parametrize("method", ["ce", "focal", "cb", "ldam_drw", "la", "bcl", "bbl", "bbl:r2", "bbl:r3",
-                                    "bbl:r4", "supcon", "proco"])
+                                    "bbl:r4", "supcon", "proco", "ce+mixup", "cb+cutmix", "ldam_drw+remix"])
 def test_host_syncs_do_not_grow_with_the_number_of_steps(method, monkeypatch, tmp_path):
     steps_a, syncs_a, hits_a = _epoch_syncs(method, 64, monkeypatch, tmp_path / "a")
     steps_b, syncs_b, hits_b = _epoch_syncs(method, 160, monkeypatch, tmp_path / "b")
@@ -193,11 +195,14 @@ def test_the_recorder_catches_each_kind_of_sync():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl", "bbl:r4", "proco"])
+@pytest.mark.parametrize("method", ["ce", "ldam_drw", "bcl", "bbl", "bbl:r4", "proco", "ce+mixup", "cb+cutmix",
+                                    "ldam_drw+remix"])
 def test_cuda_training_steps_raise_no_sync_error(method, tmp_path):
     """On a GPU, torch's sync debug mode turns any host sync inside the steps into an error."""
+    method, _, mix = method.partition("+")
     method, _, variant = method.partition(":")
     extra = [f"method.bbl_variant={variant}"] if variant else []
+    extra += [f"train.mix={mix}"] if mix else []
     cfg = C.load(ROOT / "configs" / "cifar10_lt" / f"{method}.yaml", extra +
                  ["data.name=digits", "data.imbalance=10", "model.backbone=resnet8", "model.width=8",
                   "train.batch_size=64", "train.epochs=1", "train.progress=false", "device=cuda"])

@@ -164,7 +164,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop."""
+    """The training loop.
+
+    Batch mixing (``mix`` ...) lives here, not in ``data``: the trainer applies it to each training batch
+    after the batch source made its views, it changes the loss (label weights) and the training accuracy,
+    and evaluation never sees it (longtail.mixing).
+    """
 
     epochs: int = key(200, help="training epochs")
     batch_size: int = key(128, help="global batch size (split over the processes under torchrun)")
@@ -189,6 +194,15 @@ class TrainConfig:
                                                "e.g. 0.999, evaluated beside them; null = off")
     ema_warmup: bool = key(False, help="EMA: use decay min(ema_decay, (1 + n) / (10 + n)) at the n-th update, so the "
                                        "average forgets the first weights sooner")
+    mix: str = key("none", help="batch mixing of single-view methods: none | mixup | cutmix | remix (mixup images, "
+                                "labels rebalanced)")
+    mix_alpha: float = key(1.0, help="batch mixing: alpha of the Beta(alpha, alpha) draw of the mixing ratio lambda")
+    mix_prob: float = key(1.0, help="batch mixing: probability that a batch is mixed (else it trains unmixed)")
+    remix_kappa: float = key(3.0, help="remix: count ratio n_a / n_b at or above which the label can go to the "
+                                       "minority class")
+    remix_tau: float = key(0.5, help="remix: the minority label is taken when its image share exceeds 1 - tau")
+    mix_stop_epoch: Optional[int] = key(None, help="batch mixing: 0-based epoch from which batches are no longer "
+                                                   "mixed; null: mix every epoch")
 
 
 @dataclass

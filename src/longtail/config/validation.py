@@ -96,6 +96,22 @@ def validate(cfg: Config) -> Config:
     _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
     _check(bool(t.compile_backend), "train.compile_backend must name a torch.compile backend, e.g. inductor")
     _check(t.eval_every >= 0, f"train.eval_every must be >= 0 (got {t.eval_every})")
+    _choice("train.mix", t.mix, ("none", "mixup", "cutmix", "remix"))
+    _check(t.mix_alpha > 0 and t.mix_alpha < float("inf"),
+           f"train.mix_alpha must be a finite number > 0 (got {t.mix_alpha}); 1 draws lambda uniformly")
+    _check(0 <= t.mix_prob <= 1, f"train.mix_prob must be in [0, 1] (got {t.mix_prob})")
+    _check(t.remix_kappa >= 1 and t.remix_kappa < float("inf"),
+           f"train.remix_kappa must be a finite number >= 1 (got {t.remix_kappa}); Remix uses 3")
+    _check(0 <= t.remix_tau <= 1, f"train.remix_tau must be in [0, 1] (got {t.remix_tau}); Remix uses 0.5")
+    _check(t.mix_stop_epoch is None or t.mix_stop_epoch >= 1,
+           f"train.mix_stop_epoch must be >= 1 or null (got {t.mix_stop_epoch}); for no mixing set train.mix=none")
+    refusal = getattr(method, "mixing_refusal", None)
+    why = refusal() if t.mix != "none" and refusal is not None else None
+    _check(why is None, f"train.mix={t.mix} cannot be used: {why}; set train.mix=none")
+    _check(t.mix == "none" or t.accumulate == 1,
+           f"train.mix={t.mix} cannot be combined with train.accumulate={t.accumulate}: the mixed loss's two "
+           f"label terms have different class-weight normalisers, so micro-batches would not add up to the "
+           f"batch's update; use train.accumulate=1")
     _check(e.posthoc_tau >= 0, f"eval.posthoc_tau must be >= 0 (got {e.posthoc_tau})")
     _check(e.ece_bins >= 1, f"eval.ece_bins must be >= 1 (got {e.ece_bins})")
     _check(e.batch_size >= 1, f"eval.batch_size must be >= 1 (got {e.batch_size})")

@@ -35,6 +35,7 @@ from longtail.errors import CheckpointError, ConfigError
 from longtail.methods import create_method
 from longtail.models.finetune import apply_finetuning
 from longtail.models.pretrained import load_pretrained, report_line
+from longtail.mixing import check_criterion
 from longtail.rundir import RunDir, environment, git_commit, summary_record
 
 __all__ = ["Pieces", "build_pieces", "load_run", "train", "evaluate_run", "load_resume_config", "resolve_device",
@@ -57,6 +58,7 @@ def build_pieces(cfg: C.Config, device: torch.device, dataset: Optional[Dataset]
     process's share of a distributed run."""
     ds = dataset or build_dataset(cfg.data)
     method = create_method(cfg, ds.train_counts)
+    check_criterion(method.criterion, cfg.train.mix, cfg.method.name)  # Remix needs per-sample weights
     network = apply_finetuning(method.build_network(ds.num_classes, ds.in_channels), cfg.model)
     method.to(device)
     if cfg.train.sync_bn and dist.is_distributed():

@@ -35,6 +35,7 @@ from longtail.engine.logging import RunLogger, epoch_line, progress_bar
 from longtail.engine.param_groups import param_groups, regroup_optimizer_state
 from longtail.engine.schedule import lr_at
 from longtail.errors import ConfigError, Interrupted, NonFiniteLossError
+from longtail.mixing import BatchMixer, MixedLabels, mixed_correct
 
 CHECKPOINT_VERSION = 1
 
@@ -235,6 +236,8 @@ class Trainer:
         self._forward_loss = self._forward_loss_eager
         if cfg.train.compile and not dist.is_distributed():
             self._forward_loss = compile_fn(self._forward_loss_eager, cfg.train)
+        # train.mix: the classification view of each training batch is mixed before the forward
+        self.mixer = BatchMixer(cfg.train, method.train_counts) if cfg.train.mix != "none" else None
         self.progress = Progress()
         self.last_eval: Optional[dict] = None
         # check the loss on the host every step on CPU (free), every few steps on GPU (a sync point)
@@ -389,10 +392,15 @@ class Trainer:
         their gradients add up to the whole batch's before the one optimiser step.
         """
         cfg = self.cfg
-        if cfg.train.accumulate > 1:
+        views, mix = batch.views, None
+        epoch = self.progress.epoch  # the epoch being trained
+        if self.mixer is not None and self.mixer.active(epoch):
+            mixed, mix = self.mixer(views[0], batch.labels, epoch, step)
+            views = [mixed, *views[1:]]
+        if cfg.train.accumulate > 1:  # never with mixing (config validation refuses the pair)
             loss, parts, correct = self._accumulate(batch, cfg.train.accumulate)
         else:
-            loss, parts, correct = self._forward_loss(batch.views, batch.labels, batch.index)
+            loss, parts, correct = self._forward_loss(views, batch.labels, batch.index, mix)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if cfg.optim.grad_clip is not None:
@@ -436,14 +444,16 @@ class Trainer:
                 part_sums[name] = _add(part_sums.get(name), v.detach() * share)
         return loss_sum, part_sums, correct_sum
 
-    def _forward_loss_eager(self, views: list, labels: torch.Tensor, index: torch.Tensor):
-        """The method's forward pass and loss on one batch, and the number of correct predictions."""
+    def _forward_loss_eager(self, views: list, labels: torch.Tensor, index: torch.Tensor,
+                            mix: Optional[MixedLabels] = None):
+        """The method's forward pass and loss on one batch, and the number of correct predictions (under
+        batch mixing ``mix``: the mixed loss and the λ-weighted count, longtail.mixing)."""
         batch = Batch(views=views, labels=labels, index=index)
         with autocast_context(self.device, self.cfg.train.amp):
             output = self.method.forward_batch(self.train_forward, batch)
-            loss, parts = self.method.loss(batch, output)
+            loss, parts = self.method.loss(batch, output) if mix is None else self.method.mixed_loss(batch, output, mix)
         with torch.no_grad():
-            correct = (self.method.inference_logits(output).argmax(dim=1) == labels).sum()
+            correct = mixed_correct(self.method.inference_logits(output), labels, mix)
         return loss, parts, correct
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int, guard: Optional[_SignalGuard] = None) -> int:

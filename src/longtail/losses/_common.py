@@ -116,3 +116,24 @@ def class_counts(labels: Tensor, num_classes: int) -> Tensor:
     """
     return torch.zeros(num_classes, dtype=torch.int64, device=labels.device).index_add_(
         0, labels, torch.ones_like(labels))
+
+
+def reduce_terms(terms: Tensor, targets: Tensor, weight: Optional[Tensor], sample_weight: Tensor,
+                 weighted: bool = False) -> Tensor:
+    """A loss's reduction with per-sample coefficients c_i (batch mixing's label weights):
+    Σ_i c_i·w_{y_i}·ℓ_i / Σ_i w_{y_i} with class weights, Σ_i c_i·ℓ_i / B without. With c ≡ 1 this is the
+    loss's own reduction: the normaliser does not depend on c. ``weighted=True``: the terms already carry
+    their class weight (t_i = w_{y_i}·ℓ_i, or a label-smoothed CE's weighted term), so ``weight`` only
+    gives the normaliser.
+
+    Shape:
+        terms [B] float32 (per-sample terms), targets [B] int64, weight [C] float32 or None,
+        sample_weight [B] -> scalar float32.
+    """
+    if sample_weight.shape != terms.shape:
+        raise ValueError(f"sample_weight must be [B] = [{terms.shape[0]}] (got shape {tuple(sample_weight.shape)})")
+    c = sample_weight.to(terms.dtype)
+    if weight is None:
+        return (c * terms).mean()
+    w = weight[targets]
+    return ((c * terms) if weighted else (c * w * terms)).sum() / w.sum()

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longtail.losses._common import (CountsLike, as_counts, check_gamma, check_smoothing, prepare, sample_weights,
-                                     weight_on)
+from longtail.losses._common import (CountsLike, as_counts, check_gamma, check_smoothing, prepare, reduce_terms,
+                                     sample_weights, weight_on)
 from longtail.losses.focal import PARITIES, focal_loss, focal_terms
 
 LOSS_KINDS = ("ce", "focal", "sigmoid_focal")
@@ -113,19 +113,24 @@ class ClassBalancedLoss(nn.Module):
         self.register_buffer("counts", as_counts(counts).to(torch.float32), persistent=False)
         self.register_buffer("weight", class_balanced_weights(counts, beta), persistent=False)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        """``sample_weight`` c [B] multiplies each sample's term, the normaliser (B or Σ_i w_{y_i}) unchanged
+        (batch mixing)."""
         logits, targets = prepare(logits, targets)
         weight = weight_on(self.weight, logits)
         if self.loss == "focal" and self.parity == "ldam":
-            return focal_loss(logits, targets, self.gamma, weight, "ldam")
+            return focal_loss(logits, targets, self.gamma, weight, "ldam", sample_weight)
         if self.loss == "ce":
-            per_sample = F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing,
-                                         reduction="none")  # w_{y_i}-weighted (and smoothed) terms
-            total = per_sample.sum()
+            terms = F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing,
+                                    reduction="none")  # w_{y_i}-weighted (and smoothed) terms
         else:
             per_sample = focal_terms(logits, targets, self.gamma) if self.loss == "focal" else \
                 sigmoid_focal_terms(logits, targets, self.gamma).sum(1)
-            total = (weight[targets] * per_sample).sum()
+            terms = weight[targets] * per_sample
+        if sample_weight is not None:
+            return reduce_terms(terms, targets, None if self.reduction == "batch" else weight, sample_weight,
+                                weighted=True)
+        total = terms.sum()
         return total / logits.shape[0] if self.reduction == "batch" else total / weight[targets].sum()
 
     def sample_weights(self, targets: Tensor) -> Optional[Tensor]:

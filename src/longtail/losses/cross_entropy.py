@@ -7,11 +7,12 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from longtail.losses._common import ClassWeighted, CountsLike, check_smoothing, prepare, sample_weights, weight_on
+from longtail.losses._common import (ClassWeighted, CountsLike, check_smoothing, prepare, reduce_terms, sample_weights,
+                                     weight_on)
 
 
 def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None,
-                           label_smoothing: float = 0.0) -> Tensor:
+                           label_smoothing: float = 0.0, sample_weight: Optional[Tensor] = None) -> Tensor:
     """CE(s, y) = −s_y + logsumexp_c s_c, averaged with PyTorch's weighted-mean semantics.
 
     loss = Σ_i w_{y_i} CE_i / Σ_i w_{y_i}  (plain mean when ``weight`` is None).
@@ -20,11 +21,19 @@ def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: Optional[Ten
     log p = log_softmax(s): CE_i = −(1 − ε) w_{y_i} log p_{y_i} − (ε / C) Σ_c w_c log p_c (w ≡ 1 without
     weights), and the mean is still divided by Σ_i w_{y_i}.
 
+    ``sample_weight`` c [B] multiplies each term, the normaliser unchanged: Σ_i c_i w_{y_i} CE_i / Σ_i w_{y_i}
+    (batch mixing).
+
     Shape:
-        logits [B, C] (any float dtype; computed in float32), targets [B] int64, weight [C] or None
-        -> scalar float32.
+        logits [B, C] (any float dtype; computed in float32), targets [B] int64, weight [C] or None,
+        sample_weight [B] or None -> scalar float32.
     """
     logits, targets = prepare(logits, targets)
+    if sample_weight is not None:
+        w = weight_on(weight, logits)
+        terms = F.cross_entropy(logits, targets, weight=w, label_smoothing=check_smoothing(label_smoothing),
+                                reduction="none")  # w_{y_i}-weighted (and smoothed) terms
+        return reduce_terms(terms, targets, w, sample_weight, weighted=True)
     if label_smoothing:
         return F.cross_entropy(logits, targets, weight=weight_on(weight, logits),
                                label_smoothing=check_smoothing(label_smoothing))
@@ -46,8 +55,9 @@ class CrossEntropyLoss(ClassWeighted):
         super().__init__(weight)
         self.label_smoothing = check_smoothing(label_smoothing)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return weighted_cross_entropy(logits, targets, self.weight, self.label_smoothing)
+    def forward(self, logits: Tensor, targets: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        """``sample_weight`` c [B] multiplies each sample's term, the normaliser unchanged (batch mixing)."""
+        return weighted_cross_entropy(logits, targets, self.weight, self.label_smoothing, sample_weight)
 
     def sample_weights(self, targets: Tensor) -> Optional[Tensor]:
         """Each sample's weight in the loss's weighted mean (None: a plain mean)."""

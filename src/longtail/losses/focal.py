@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longtail.losses._common import ClassWeighted, CountsLike, check_gamma, prepare, sample_weights, weight_on
+from longtail.losses._common import (ClassWeighted, CountsLike, check_gamma, prepare, reduce_terms, sample_weights,
+                                     weight_on)
 
 PARITIES = ("default", "ldam")
 
@@ -31,7 +32,7 @@ def focal_terms(logits: Tensor, targets: Tensor, gamma: float) -> Tensor:
 
 
 def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 1.0, weight: Optional[Tensor] = None,
-               parity: str = "default") -> Tensor:
+               parity: str = "default", sample_weight: Optional[Tensor] = None) -> Tensor:
     """Softmax focal loss.
 
     ``parity="default"``: p = softmax(s) (unweighted), FL_i = −(1 − p_{y_i})^γ log p_{y_i},
@@ -40,10 +41,12 @@ def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 1.0, weight: Opti
     ``parity="ldam"`` reproduces kaidic/LDAM-DRW: ce_i = w_{y_i} CE_i (class-weighted, unreduced),
     p_i = exp(−ce_i), loss = mean_i (1 − p_i)^γ ce_i. With weights on, its modulating factor uses the
     weighted CE and the mean is not normalised by Σw (docs/methods.md §1 pitfall 2). Without weights both
-    parities agree.
+    parities agree. ``sample_weight`` c [B] multiplies each sample's term, the normaliser unchanged
+    (batch mixing).
 
     Shape:
-        logits [B, C] (cast to float32), targets [B] int64, weight [C] or None -> scalar float32.
+        logits [B, C] (cast to float32), targets [B] int64, weight [C] or None, sample_weight [B] or None
+        -> scalar float32.
     """
     gamma = check_gamma(gamma)
     if parity not in PARITIES:
@@ -52,8 +55,11 @@ def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 1.0, weight: Opti
     weight = weight_on(weight, logits)
     if parity == "ldam":
         ce = F.cross_entropy(logits, targets, weight=weight, reduction="none")
-        return (_modulate(-torch.expm1(-ce), gamma) * ce).mean()
+        terms = _modulate(-torch.expm1(-ce), gamma) * ce
+        return terms.mean() if sample_weight is None else reduce_terms(terms, targets, None, sample_weight)
     loss = focal_terms(logits, targets, gamma)
+    if sample_weight is not None:
+        return reduce_terms(loss, targets, weight, sample_weight)
     if weight is None:
         return loss.mean()
     w = weight[targets]
@@ -81,8 +87,8 @@ class FocalLoss(ClassWeighted):
             raise ValueError(f"focal parity must be one of {', '.join(PARITIES)} (got '{parity}')")
         self.parity = parity
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return focal_loss(logits, targets, self.gamma, self.weight, self.parity)
+    def forward(self, logits: Tensor, targets: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        return focal_loss(logits, targets, self.gamma, self.weight, self.parity, sample_weight)
 
     def sample_weights(self, targets: Tensor) -> Optional[Tensor]:
         """Each sample's weight in the loss's weighted mean (None: a plain mean, as the ldam parity's)."""

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longtail.losses._common import (CountsLike, as_class_weight, as_counts, check_smoothing, prepare, sample_weights,
-                                     weight_on)
+from longtail.losses._common import (CountsLike, as_class_weight, as_counts, check_smoothing, prepare, reduce_terms,
+                                     sample_weights, weight_on)
 
 
 def ldam_margins(counts: CountsLike, max_margin: float = 0.5) -> Tensor:
@@ -69,12 +69,17 @@ class LDAMLoss(nn.Module):
             new = new.to(self.margins.device)
         self.weight = new
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        """``sample_weight`` c [B] multiplies each sample's term, the normaliser unchanged (batch mixing)."""
         logits, targets = prepare(logits, targets, num_classes=self.margins.shape[0])
         margins = self.margins.to(device=logits.device, dtype=torch.float32)
         shift = (self.scale * margins[targets])[:, None]
         # Only the target column moves: scatter_add keeps it one fused, sample-loop-free op.
         adjusted = logits.scatter_add(1, targets[:, None], -shift)
+        if sample_weight is not None:
+            w = weight_on(self.weight, logits)
+            terms = F.cross_entropy(adjusted, targets, weight=w, label_smoothing=self.label_smoothing, reduction="none")
+            return reduce_terms(terms, targets, w, sample_weight, weighted=True)
         if self.label_smoothing:
             return F.cross_entropy(adjusted, targets, weight=weight_on(self.weight, logits),
                                    label_smoothing=self.label_smoothing)

@@ -8,12 +8,13 @@ for a CE-trained model. Never use both (docs/methods.md §1 pitfall 4).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longtail.losses._common import CountsLike, as_counts, check_smoothing, prepare
+from longtail.losses._common import CountsLike, as_counts, check_smoothing, prepare, reduce_terms
 
 
 def _check_tau(tau: float) -> float:
@@ -45,9 +46,13 @@ class LogitAdjustedLoss(nn.Module):
         self.label_smoothing = check_smoothing(label_smoothing)
         self.register_buffer("log_prior", log_prior(counts), persistent=False)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        """``sample_weight`` c [B] multiplies each sample's term, the mean over B unchanged (batch mixing)."""
         logits, targets = prepare(logits, targets, num_classes=self.log_prior.shape[0])
         adjusted = logits + self.tau * self.log_prior.to(logits.device, torch.float32)
+        if sample_weight is not None:
+            terms = F.cross_entropy(adjusted, targets, label_smoothing=self.label_smoothing, reduction="none")
+            return reduce_terms(terms, targets, None, sample_weight)
         if self.label_smoothing:
             return F.cross_entropy(adjusted, targets, label_smoothing=self.label_smoothing)
         return F.cross_entropy(adjusted, targets)
@@ -70,9 +75,13 @@ class BalancedSoftmaxLoss(nn.Module):
         super().__init__()
         self.register_buffer("log_counts", as_counts(counts).log().to(torch.float32), persistent=False)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        """``sample_weight`` c [B] multiplies each sample's term, the mean over B unchanged (batch mixing)."""
         logits, targets = prepare(logits, targets, num_classes=self.log_counts.shape[0])
-        return F.cross_entropy(logits + self.log_counts.to(logits.device, torch.float32), targets)
+        adjusted = logits + self.log_counts.to(logits.device, torch.float32)
+        if sample_weight is not None:
+            return reduce_terms(F.cross_entropy(adjusted, targets, reduction="none"), targets, None, sample_weight)
+        return F.cross_entropy(adjusted, targets)
 
 
 def posthoc_adjust(logits: Tensor, counts: CountsLike, tau: float = 1.0) -> Tensor:

@@ -19,6 +19,7 @@ from longtail.config import Config, MethodConfig, ModelConfig
 from longtail.config.schema import param
 from longtail.data.batches import Batch
 from longtail.errors import ConfigError
+from longtail.mixing import MixedLabels, mixed_criterion, mixing_refusal
 from longtail.models import NetOutput, Network, build_network
 from longtail.registry import METHODS
 
@@ -136,6 +137,17 @@ class Method(nn.Module):
         (``train.accumulate``) weighs each micro-batch's loss by its share of Σ_i w_i."""
         weights = getattr(self.criterion, "sample_weights", None)
         return weights(labels) if weights is not None else None
+
+    def mixed_loss(self, batch: Batch, output: NetOutput, mix: MixedLabels) -> tuple[torch.Tensor, dict]:
+        """Training loss for a mixed batch (``train.mix``): ``batch.labels`` are y_a, ``mix`` holds y_b and
+        the label weight λ (:func:`longtail.mixing.mixed_criterion`). Methods that override :meth:`loss`
+        override this too, or they cannot be mixed."""
+        return mixed_criterion(self.criterion, output.logits, batch.labels, mix), {}
+
+    @classmethod
+    def mixing_refusal(cls) -> Optional[str]:
+        """Why this method cannot train with batch mixing, or None (:func:`longtail.mixing.mixing_refusal`)."""
+        return mixing_refusal(cls)
 
     def inference_logits(self, output: NetOutput) -> torch.Tensor:
         """Logits used for prediction. Training-time adjustments never appear here."""
