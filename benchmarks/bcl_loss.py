@@ -1,7 +1,7 @@
 """BCL loss on CPU: vectorised per-entry class counts vs a Python loop over the contrast entries.
 
 The official BCL code expands the per-class batch counts into one weight per contrast entry with a
-Python loop over the 2B + C entries (METHODS.md §2.6 item 3). ``longtail.losses.BCLLoss`` uses
+Python loop over the 2B + C entries (docs/methods.md §2.6 item 3). ``longtail.losses.BCLLoss`` uses
 ``bincount`` + ``gather``. The baseline here is written from that description: the batch counts come
 from ``bincount`` (cheaper than the original's one-hot rows of a C×C identity, so the baseline is
 favoured), a Python loop fills the per-entry vector, and the rest is the same tensor math as ours.

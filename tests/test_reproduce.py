@@ -159,14 +159,14 @@ def test_bad_arguments(tmp_path):
 
 def test_shipped_suites_expand():
     jobs = load_suite("cifar10_lt", (0, 1, 2), None, Path("/tmp/x"), "cpu")
-    assert len(jobs) == 5 * 3 * 3
+    assert len(jobs) == 6 * 3 * 3
     assert {(j.cfg.method.name, j.cfg.data.imbalance) for j in jobs} == {
-        (m, r) for m in ("ce", "la", "ldam_drw", "bcl", "bbl") for r in (100.0, 50.0, 10.0)}
+        (m, r) for m in ("ce", "la", "ldam_drw", "bcl", "proco", "bbl") for r in (100.0, 50.0, 10.0)}
     assert all(j.cfg.data.name == "cifar10" and j.cfg.model.backbone == "resnet32" for j in jobs)
     # the GPU-priority subsets are exactly the matching runs of cifar10_lt
     full = {j.name: j.cfg for j in jobs}
     for sub, keep in (("cifar10_lt_r100", lambda c: c.data.imbalance == 100),
-                      ("cifar10_lt_contrastive", lambda c: c.method.name in ("bcl", "bbl") and c.data.imbalance < 100)):
+                      ("cifar10_lt_contrastive", lambda c: c.method.name in ("bcl", "proco", "bbl") and c.data.imbalance < 100)):
         part = load_suite(sub, (0, 1, 2), None, Path("/tmp/x"), "cpu")
         assert sorted(j.name for j in part) == sorted(n for n, c in full.items() if keep(c))
         assert all(C.to_dict(j.cfg) == C.to_dict(full[j.name]) for j in part)

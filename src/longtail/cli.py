@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
-    rp = sub.add_parser("reproduce", parents=[common], help="run a suite of config x seed runs and compare with TARGETS")
+    rp = sub.add_parser("reproduce", parents=[common], help="run a suite of config x seed runs and compare with published numbers (and our own goals)")
     rp.add_argument("suite", help="smoke, cifar10_lt, tinyimagenet_lt, or a suite YAML file")
     rp.add_argument("--out", required=True)
     rp.add_argument("--seeds", type=int, nargs="+", default=[0])
