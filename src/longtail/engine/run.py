@@ -14,6 +14,8 @@ not run on CPU/gloo); without it each rank normalises with its own share's batch
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -297,7 +299,30 @@ def _train_summary(cfg: C.Config, ds: Dataset, metrics: dict, trainer: Trainer, 
                           data_verified=bool(ds.verified and cfg.data.verify), shots=shot_rule(cfg.eval),
                           extra={"input": input_record(ds), "split_generated": ds.imbalance is not None,
                                  **({"pretrained": pretrained_record(pretrained)} if pretrained else {}),
-                                 **_ema_record(cfg, trainer)})
+                                 **_ema_record(cfg, trainer),
+                                 "best_test_diagnostic": best_test_diagnostic(RunDir(trainer.run_dir).metrics_path)})
+
+
+def best_test_diagnostic(metrics_path: Path) -> Optional[dict]:
+    """The best test top-1 among the epochs evaluated for the curves, and its epoch: how much selecting on
+    the test set (as several official codes do) would flatter the run. A diagnostic only, never a result:
+    the run's numbers are its last epoch's. None when no epoch was evaluated."""
+    best = None
+    try:
+        lines = metrics_path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        top1 = row.get("top1") if isinstance(row, dict) else None
+        if isinstance(top1, (int, float)) and (best is None or top1 > best["top1"]):
+            best = {"top1": float(top1), "epoch": row.get("epoch")}
+    if best is not None:
+        best["note"] = "best of the evaluated epochs on the test set: a diagnostic, not a result (reported: last epoch)"
+    return best
 
 
 def _ema_record(cfg: C.Config, trainer: Trainer) -> dict:
