@@ -11,7 +11,7 @@ those of N separate optimisers; gradient clipping uses each model's own norm.
 Every seed gets an ordinary run directory (its config with its seed, metrics, summary, checkpoint,
 weights): ``eval``, ``report``, ``compare``, ``extract`` and the two-stage commands read it unchanged, and
 its ``checkpoints/last.pt`` is an ordinary checkpoint. A stacked run resumes from the N checkpoints
-(``longtail train --resume DIR DIR ...``); one seed's directory also resumes alone, as a single run.
+(``longtail train --resume DIR --resume DIR ...``); one seed's directory also resumes alone, as a single run.
 
 Under torchrun the stacked network is the DDP module: each rank holds its share of every model's batch.
 """
@@ -459,10 +459,10 @@ class StackedTrainer(Trainer):
         self.save()
         dist.barrier()
         name = signal.Signals(signum).name
-        dirs = " ".join(str(d) for d in self.run_dirs)
+        dirs = " ".join(f"--resume {d}" for d in self.run_dirs)
         err = Interrupted(f"{name} received: stopped after epoch {self.progress.epoch + 1} step "
                           f"{self.progress.step_in_epoch} and saved the {self.n} seeds' checkpoints; resume with: "
-                          f"longtail train --resume {dirs}")
+                          f"longtail train {dirs}")
         err.exit_code = 128 + int(signum)
         raise err
 
@@ -482,8 +482,8 @@ def train_seeds(cfg: C.Config, *, out: Optional[str] = None, command: str = "", 
     if len({r.path for r in rds}) != len(rds):
         raise ConfigError("train.seeds: the seeds' run directories coincide; leave name unset or without the seed")
     for rd in rds:
-        rd.refuse_existing(f"continue the seeds with 'longtail train --resume {' '.join(str(r.path) for r in rds)}', "
-                           f"or ", overwrite=overwrite)
+        resume = " ".join(f"--resume {r.path}" for r in rds)
+        rd.refuse_existing(f"continue the seeds with 'longtail train {resume}', or ", overwrite=overwrite)
     return _run(cfgs, rds, None, command, echo, clear=overwrite)
 
 
@@ -562,6 +562,10 @@ def _build(cfgs, device):
         plain.train.sync_bn = False  # the stacked network is converted instead
         seed_everything(c.train.seed, c.train.deterministic, device)
         p = build_pieces(plain, device, dataset=ds)
+        if type(p.method).forward_batch is not Method.forward_batch:
+            raise ConfigError(f"train.seeds: method {c.method.name} runs its own forward pass (it overrides "
+                              f"forward_batch, not network_input/network_output) and cannot be stacked; train its "
+                              f"seeds as separate runs")
         if pieces and isinstance(p.train_batches, InMemoryBatches):  # one copy of the images on the device
             first = pieces[0].train_batches
             p.train_batches.images, p.train_batches.labels = first.images, first.labels
