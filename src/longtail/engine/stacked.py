@@ -45,6 +45,7 @@ from longtail.models.stacked import StackedNetwork, stack_inputs, stack_networks
 from longtail.rundir import RunDir
 
 __all__ = ["train_seeds", "resume_seeds", "seed_config", "seed_run_dirs", "check_supported", "StackedTrainer",
+           "build_seed_pieces",
            "evaluate_stacked", "clip_grad_norm_per_model_"]
 
 #: the keys a stacked run honours (every other key must keep its default: a feature added to the single-run
@@ -544,18 +545,22 @@ def _silent(*a, **k) -> None:
     pass
 
 
-def _build(cfgs, device):
-    """The dataset, and each seed's method, network and batch source, built as a single run with that seed
-    builds them (seeded right before, in the same order); the evaluation batches once."""
+def build_seed_pieces(cfgs: Sequence[C.Config], device: torch.device, dataset=None):
+    """``(dataset, [Pieces])``: the dataset (or ``dataset``), and each seed's method, network and batch
+    source, built as a single run with that seed builds them (seeded right before, in the same order);
+    the evaluation batches and the device copy of the training images are shared."""
     from longtail.engine.run import build_pieces
 
     cfg = cfgs[0]
-    if dist.is_distributed() and not dist.is_main():
-        dist.barrier()
-    seed_everything(cfg.train.seed, cfg.train.deterministic, device)  # as a single run before its dataset
-    ds = build_dataset(cfg.data)
-    if dist.is_distributed() and dist.is_main():
-        dist.barrier()
+    if dataset is None:
+        if dist.is_distributed() and not dist.is_main():
+            dist.barrier()
+        seed_everything(cfg.train.seed, cfg.train.deterministic, device)  # as a single run before its dataset
+        ds = build_dataset(cfg.data)
+        if dist.is_distributed() and dist.is_main():
+            dist.barrier()
+    else:
+        ds = dataset
     pieces = []
     for c in cfgs:
         plain = copy.deepcopy(c)
@@ -578,7 +583,7 @@ def _train(cfgs, rds, states, device, command, echo, clear) -> None:
     cfg = cfgs[0]
     if not cfg.data.verify:
         echo("warning: data.verify=false: checksums are not verified; summary.json records data_verified: false")
-    ds, pieces = _build(cfgs, device)
+    ds, pieces = build_seed_pieces(cfgs, device)
     if states is not None:
         for rd, s, p in zip(rds, states, pieces):
             check_shapes(p.network, s["model"], rd.checkpoint_path)
