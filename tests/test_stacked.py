@@ -462,3 +462,47 @@ def test_seed_config_is_the_single_run_config():
     assert c.train.seed == 1 and c.train.seeds == [] and c.name == "x_s1" and cfg.train.seeds == [0, 1]
     assert C.run_name(S.seed_config(tiny_cfg(**{"train.seeds": "[2]"}), 2)) == "digits_r10_ce_s2"
     np.testing.assert_equal(S.seed_run_dirs([c], "/o")[0].path, Path("/o/x_s1"))
+
+
+# ------------------------------------------------------------------------------------------------
+# reproduce
+
+
+def _suite(tmp_path: Path) -> Path:
+    import yaml
+
+    p = tmp_path / "tiny.yaml"
+    tiny = ["model.backbone=resnet8", "model.width=4", "train.epochs=1", "train.max_steps=2", "train.batch_size=128",
+            "optim.warmup_epochs=0", "optim.schedule=constant", "train.eval_every=1", "train.progress=false"]
+    p.write_text(yaml.safe_dump({"overrides": tiny, "entries": [{"config": "quickstart.yaml",
+                                                                 "overrides": ["method.name=ce"]}]}))
+    return p
+
+
+def test_reproduce_trains_a_configurations_seeds_together(tmp_path, monkeypatch):
+    from longtail.reproduce import run_suite
+
+    calls = []
+    real = S.train_runs
+    monkeypatch.setattr(S, "train_runs", lambda cfgs, dirs, **k: calls.append([c.train.seed for c in cfgs])
+                        or real(cfgs, dirs, **k))
+    lines = []
+    run_suite(_suite(tmp_path), tmp_path / "out", seeds=(0, 1, 2), device="cpu", echo=lines.append)
+    assert calls == [[0, 1, 2]]
+    assert any("training the 3 seeds together" in l for l in lines)
+    for s in (0, 1, 2):
+        d = tmp_path / "out" / "runs" / f"digits_r10_ce_s{s}"
+        assert json.loads((d / "summary.json").read_text())["seed"] == s
+        assert C.load(d / "config.yaml").train.seeds == []
+    assert "FAILED" not in (tmp_path / "out" / "RESULTS.md").read_text()
+
+
+def test_reproduce_falls_back_to_one_seed_at_a_time(tmp_path, monkeypatch):
+    from longtail.reproduce import run_suite
+
+    monkeypatch.setattr(S, "SUPPORTED_KEYS", S.SUPPORTED_KEYS - {"optim.schedule"})  # "not stackable"
+    lines = []
+    run_suite(_suite(tmp_path), tmp_path / "out", seeds=(0, 1), device="cpu", echo=lines.append)
+    assert any("cannot be trained together (optim.schedule='constant' is not supported" in l for l in lines)
+    for s in (0, 1):
+        assert (tmp_path / "out" / "runs" / f"digits_r10_ce_s{s}" / "summary.json").is_file()

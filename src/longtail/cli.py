@@ -10,7 +10,7 @@
     longtail data indices NAME --imbalance R [--root DIR]
     longtail extract RUN_DIR --out DIR [--splits train,val,test] [--overwrite]
     longtail bench CONFIG [--steps N] [--json] [KEY=VALUE ...]
-    longtail reproduce SUITE --out DIR [--seeds 0 1 2] [--parallel K]
+    longtail reproduce SUITE --out DIR [--seeds 0 1 2] [--parallel K] [--no-stack]
     longtail dlsa --features DIR [--config FILE] --out DIR [--overwrite] [KEY=VALUE ...]
     longtail decouple RUN_DIR --method {crt,lws,tau_norm,posthoc_la} --out DIR [--features DIR] [--overwrite] [KEY=VALUE ...]
 
@@ -157,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--parallel", type=int, default=1, help="runs at once on one GPU (CPU: one after another)")
     rp.add_argument("--device", default="auto")
     rp.add_argument("--max-retries", type=int, default=1)
+    rp.add_argument("--no-stack", action="store_true",
+                    help="train each seed on its own (default: a configuration's seeds train together as one "
+                         "stacked network when --parallel is 1)")
     rp.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     dl = sub.add_parser("dlsa", parents=[common], help="DLSA (flow-based label-space adjustment) on cached features")
@@ -332,7 +335,7 @@ def _cmd_reproduce(a) -> int:
     from longtail.reproduce import run_suite
 
     path = run_suite(a.suite, Path(a.out), seeds=tuple(a.seeds), parallel=a.parallel, overrides=a.overrides,
-                     device=a.device, max_retries=a.max_retries)
+                     device=a.device, max_retries=a.max_retries, stack=not a.no_stack)
     print(f"wrote {path}")
     return 0
 

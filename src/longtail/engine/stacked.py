@@ -44,7 +44,7 @@ from longtail.methods.base import Method
 from longtail.models.stacked import StackedNetwork, stack_inputs, stack_networks
 from longtail.rundir import RunDir
 
-__all__ = ["train_seeds", "resume_seeds", "seed_config", "seed_run_dirs", "check_supported", "StackedTrainer",
+__all__ = ["train_seeds", "resume_seeds", "train_runs", "seed_config", "seed_run_dirs", "check_supported", "StackedTrainer",
            "build_seed_pieces",
            "evaluate_stacked", "clip_grad_norm_per_model_"]
 
@@ -498,23 +498,38 @@ def resume_seeds(run_dirs: Sequence[str | Path], overrides: Sequence[str] = (), 
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {rd.path} has no config.yaml")
         cfgs.append(C.load(path, list(overrides)))
+    return train_runs(cfgs, [rd.path for rd in rds], resume=True, command=command, echo=echo)
+
+
+def train_runs(cfgs: Sequence[C.Config], run_dirs: Sequence[str | Path], *, resume: bool = False,
+               command: str = "", echo=print) -> list[Path]:
+    """Train (or with ``resume`` continue) the runs ``run_dirs`` of the single-run configs ``cfgs`` (one
+    configuration, different ``train.seed``) together as one stacked network."""
+    rds = [RunDir(p) for p in run_dirs]
+    cfgs = [C.validate(c) for c in cfgs]
     ref = _identity(cfgs[0])
     for rd, c in zip(rds[1:], cfgs[1:]):
         if _identity(c) != ref:
-            diff = sorted(k for k in ref if _identity(c).get(k) != ref[k])[:3]
+            diff = sorted(k for k in set(ref) | set(_identity(c)) if _identity(c).get(k) != ref.get(k))[:3]
             raise ConfigError(f"{rd.path} is not a seed of the same configuration as {rds[0].path} (differs in "
-                              f"{', '.join(diff)}); resume them one by one")
+                              f"{', '.join(diff)}); train them one by one")
     seeds = [c.train.seed for c in cfgs]
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"the runs to resume together have repeated seeds {seeds}")
+        raise ConfigError(f"the runs to train together have repeated seeds {seeds}")
     check_supported(_with_seeds(cfgs[0], seeds))
-    states = [load_checkpoint(rd.checkpoint_path) for rd in rds]
+    if resume:
+        states = [load_checkpoint(rd.checkpoint_path) for rd in rds]
+    else:
+        states = None
+        resume_hint = " ".join(f"--resume {r.path}" for r in rds)
+        for rd in rds:
+            rd.refuse_existing(f"continue the seeds with 'longtail train {resume_hint}', or ")
     return _run(cfgs, rds, states, command, echo, clear=False)
 
 
 def _identity(cfg: C.Config) -> dict:
     flat = C.flatten(C.to_dict(cfg))
-    return {k: v for k, v in flat.items() if k not in ("name", "train.seed", "out_dir")}
+    return {k: v for k, v in flat.items() if k not in ("name", "train.seed", "train.seeds", "out_dir")}
 
 
 def _with_seeds(cfg: C.Config, seeds: list[int]) -> C.Config:
