@@ -506,3 +506,38 @@ def test_reproduce_falls_back_to_one_seed_at_a_time(tmp_path, monkeypatch):
     assert any("cannot be trained together (optim.schedule='constant' is not supported" in l for l in lines)
     for s in (0, 1):
         assert (tmp_path / "out" / "runs" / f"digits_r10_ce_s{s}" / "summary.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# no host reads in the stacked step
+
+
+def _stacked_epoch_syncs(method: str, batch_size: int, monkeypatch, tmp_path):
+    from longtail import hostsync
+    from longtail.engine.logging import NullLogger
+    from test_host_syncs import SyncRecorder, _cold_caches
+
+    monkeypatch.setattr(hostsync, "reads_are_free", lambda t: False)  # the path a GPU takes
+    over = {"method.name": method, **METHODS[method], "train.batch_size": batch_size, "train.eval_every": 0,
+            "optim.grad_clip": 1.0, "train.seeds": "[0,1]"}
+    cfg = tiny_cfg(**over)
+    cfgs = [S.seed_config(cfg, s) for s in (0, 1)]
+    ds, pieces = S.build_seed_pieces(cfgs, torch.device("cpu"))
+    network = stack_networks([p.network for p in pieces])
+    trainer = S.StackedTrainer(cfgs, [tmp_path] * 2, network=network, methods=[p.method for p in pieces],
+                               train_batches=[p.train_batches for p in pieces], eval_batches=pieces[0].eval_batches,
+                               device=torch.device("cpu"), loggers=[NullLogger()] * 2, echo=quiet)
+    trainer.nan_check_every = 10**9  # as on a GPU
+    trainer.save = lambda: None
+    _cold_caches()
+    with SyncRecorder() as rec:
+        trainer.fit()
+    return len(trainer.train_batches), rec.total(), rec.hits
+
+
+@pytest.mark.parametrize("method", ["ce", "bbl"])
+def test_stacked_host_syncs_do_not_grow_with_the_number_of_steps(method, monkeypatch, tmp_path):
+    steps_a, syncs_a, hits_a = _stacked_epoch_syncs(method, 64, monkeypatch, tmp_path)
+    steps_b, syncs_b, hits_b = _stacked_epoch_syncs(method, 160, monkeypatch, tmp_path)
+    assert steps_a >= 2 * steps_b >= 6
+    assert syncs_a == syncs_b, f"host syncs grow with the steps: {dict(hits_a - hits_b)}"
