@@ -18,7 +18,8 @@ GPU), on one steady-state step.
     python benchmarks/stacked_seeds.py --out /tmp/quick.json --methods ce --ns 1 2 --steps 1 --rounds 1 \\
         --warmup 1 --batch-size 16 --width 4            # a seconds-long smoke invocation
 
-``--device cuda`` times on a GPU (synchronised around each round); ``--setting gpu`` counts the GPU's code
+``--ops-only`` skips the timing (operation counts do not depend on the width or the batch size, so they
+can be taken at tiny shapes). ``--device cuda`` times on a GPU (synchronised around each round); ``--setting gpu`` counts the GPU's code
 paths on CPU (bf16 autocast, fused SGD, no host reads), as ops_per_step.py does.
 """
 
@@ -135,7 +136,7 @@ def measure(method: str, n: int, a) -> dict:
         run_separate(a.warmup)
         _sync(dev)
         times = {"stacked": [], "separate": []}
-        for _ in range(a.rounds):
+        for _ in range(0 if a.ops_only else a.rounds):
             for name, fn in (("stacked", run_stacked), ("separate", run_separate)):
                 _sync(dev)
                 t0 = time.perf_counter()
@@ -146,11 +147,12 @@ def measure(method: str, n: int, a) -> dict:
         ops_separate = _count(lambda: run_separate(1))
     finally:
         hostsync.reads_are_free = orig_free
-    st_s, se_s = statistics.median(times["stacked"]), statistics.median(times["separate"])
+    st_s = statistics.median(times["stacked"]) if times["stacked"] else None
+    se_s = statistics.median(times["separate"]) if times["separate"] else None
     return {"method": method, "n": n, "batch_size": cfg.train.batch_size, "backbone": cfg.model.backbone,
             "width": cfg.model.width, "stacked_s_per_step": st_s, "separate_s_per_step": se_s,
-            "speedup": se_s / st_s, "stacked_ops_per_step": ops_stacked, "separate_ops_per_step": ops_separate,
-            "rounds": times}
+            "speedup": se_s / st_s if st_s else None, "stacked_ops_per_step": ops_stacked,
+            "separate_ops_per_step": ops_separate, "rounds": times}
 
 
 def main() -> int:
@@ -167,6 +169,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--width", type=int, default=None, help="default: the recipe's (16)")
     ap.add_argument("--n-max", type=int, default=1000, help="images of the largest synthetic class")
+    ap.add_argument("--ops-only", action="store_true", help="count operations only (no timing)")
     a = ap.parse_args()
     commit = _commit()
     results = []
@@ -176,8 +179,9 @@ def main() -> int:
         for n in a.ns:
             r = measure(m, n, a)
             results.append(r)
-            print(f"{m:9s} {n:2d} {r['stacked_s_per_step']:15.4f} {r['separate_s_per_step']:16.4f} "
-                  f"{r['speedup']:8.2f} {r['stacked_ops_per_step']:12d} {r['separate_ops_per_step']:13d}", flush=True)
+            t = (f"{r['stacked_s_per_step']:15.4f} {r['separate_s_per_step']:16.4f} {r['speedup']:8.2f}"
+                 if r["speedup"] else f"{'-':>15s} {'-':>16s} {'-':>8s}")
+            print(f"{m:9s} {n:2d} {t} {r['stacked_ops_per_step']:12d} {r['separate_ops_per_step']:13d}", flush=True)
     out = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit,
            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
            "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
