@@ -449,6 +449,10 @@ def test_cli_seeds_write_one_ordinary_run_per_seed(tmp_path, capsys):
         assert json.loads((d / "summary.json").read_text())["seed"] == seed
     assert main(["eval", str(dirs[1])]) == 0
     assert "agrees with summary.json" in capsys.readouterr().out
+    assert main(["report", str(dirs[0])]) == 0 and (dirs[0] / "report" / "report.md").is_file()
+    assert main(["extract", str(dirs[1]), "--out", str(tmp_path / "feat"), "--splits", "train,test"]) == 0
+    assert (tmp_path / "feat" / "features_test.h5").is_file()
+    capsys.readouterr()
     assert main(["compare", str(dirs[0]), str(dirs[1]), "--format", "json"]) == 0
     groups = json.loads(capsys.readouterr().out)["groups"]
     assert len(groups) == 1 and groups[0]["seeds"] == [3, 4]  # the two seeds are one configuration
