@@ -30,7 +30,7 @@ from longtail.engine import stacked as S
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.run import evaluate_run, train
 from longtail.engine.trainer import EpochSums, build_optimizer
-from longtail.errors import ConfigError, Interrupted, NonFiniteLossError, OutputExistsError
+from longtail.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLossError, OutputExistsError
 from longtail.methods.base import Method
 from longtail.methods.contrastive import TwoBranch
 from longtail.models import backbones as backbones_module
@@ -362,6 +362,12 @@ def test_a_seed_directory_resumes_alone_as_a_single_run(tmp_path):
     cfg = C.load(dirs[1] / "config.yaml", ["train.max_steps=3"])
     train(cfg, resume=str(dirs[1]), echo=quiet)
     assert load_checkpoint(dirs[1] / "checkpoints" / "last.pt")["global_step"] == 3
+    # now the two seeds are at different steps: resuming them together is refused, nothing is written
+    before = {d: sorted((f.name, f.stat().st_mtime_ns) for f in d.rglob("*")) for d in dirs}
+    with pytest.raises(CheckpointError, match=r"the seeds' checkpoints are at different steps \(epoch, step: "
+                                              r"\[\(0, 2\), \(0, 3\)\]\)"):
+        S.resume_seeds(dirs, ["train.max_steps=4"], echo=quiet)
+    assert before == {d: sorted((f.name, f.stat().st_mtime_ns) for f in d.rglob("*")) for d in dirs}
 
 
 # ------------------------------------------------------------------------------------------------

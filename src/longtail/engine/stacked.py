@@ -519,6 +519,10 @@ def train_runs(cfgs: Sequence[C.Config], run_dirs: Sequence[str | Path], *, resu
     check_supported(_with_seeds(cfgs[0], seeds))
     if resume:
         states = [load_checkpoint(rd.checkpoint_path) for rd in rds]
+        at = {(int(st["epoch"]), int(st["step_in_epoch"])) for st in states}
+        if len(at) != 1:  # refused before anything is written
+            raise CheckpointError(f"the seeds' checkpoints are at different steps (epoch, step: {sorted(at)}): "
+                                  f"resume each run on its own with 'longtail train --resume DIR'")
     else:
         states = None
         resume_hint = " ".join(f"--resume {r.path}" for r in rds)
