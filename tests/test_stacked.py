@@ -276,9 +276,13 @@ def test_epoch_sums_find_the_first_bad_step_and_seed():
 # stacked training equals the single-seed runs
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_stacked_run_equals_each_single_seed_run(method, float64, step_losses, tmp_path):
-    over = {"method.name": method, "train.max_steps": 2, **METHODS[method]}
+CLIP_CL = {"optim.grad_clip": 0.05, "train.channels_last": "true"}  # clipping active at every step
+
+
+@pytest.mark.parametrize("method,extra", [(m, {}) for m in METHODS] + [("ce", CLIP_CL), ("bcl", CLIP_CL)],
+                         ids=list(METHODS) + ["ce-clip-channels_last", "bcl-clip-channels_last"])
+def test_stacked_run_equals_each_single_seed_run(method, extra, float64, step_losses, tmp_path):
+    over = {"method.name": method, "train.max_steps": 2, **METHODS[method], **extra}
     dirs = train(tiny_cfg(**over, **{"train.seeds": "[0,3,7]"}), out=str(tmp_path / "stacked"), echo=quiet)
     stacked_losses = torch.stack(step_losses)  # [steps, 3]
     assert [d.name for d in dirs] == [f"digits_r10_{method}_s{s}" for s in (0, 3, 7)]

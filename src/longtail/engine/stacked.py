@@ -173,11 +173,13 @@ def clip_grad_norm_per_model_(parameters, n: int, max_norm: float) -> torch.Tens
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(n)
-    norms = torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), 2, dim=1) for g in grads])  # [P, N]
+    # splitting dim 0 into (N, -1) is a view whatever the memory format (channels_last gradients included)
+    per_model = [g.unflatten(0, (n, -1)) for g in grads]
+    norms = torch.stack([torch.linalg.vector_norm(v, 2, dim=tuple(range(1, v.dim()))) for v in per_model])  # [P, N]
     total = torch.linalg.vector_norm(norms, 2, dim=0)  # [N]
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.view(n, -1).mul_(coef[:, None].to(g.dtype))
+    for v in per_model:
+        v.mul_(coef.view(n, *[1] * (v.dim() - 1)).to(v.dtype))
     return total
 
 
