@@ -468,6 +468,11 @@ def test_cli_seeds_write_one_ordinary_run_per_seed(tmp_path, capsys):
     assert len(groups) == 1 and groups[0]["seeds"] == [3, 4]  # the two seeds are one configuration
     assert main(["train", "--resume", str(dirs[0]), "--resume", str(dirs[1]), "train.max_steps=2"]) == 0
     assert [load_checkpoint(d / "checkpoints" / "last.pt")["global_step"] for d in dirs] == [2, 2]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(dirs[0]), "--resume", str(dirs[1])]) == 0  # finished: nothing to do
+    assert "the 2 runs are finished: nothing to do" in capsys.readouterr().out
+    assert main(["train", "--resume", str(dirs[0]), "--resume", str(dirs[1]), "optim.lr=0.5"]) != 0
+    assert "is finished; resuming it would not apply optim.lr=0.5" in capsys.readouterr().err
 
 
 def test_seed_config_is_the_single_run_config():

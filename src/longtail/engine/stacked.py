@@ -609,6 +609,10 @@ def _train(cfgs, rds, states, device, command, echo, clear) -> None:
         for rd, s, p in zip(rds, states, pieces):
             check_shapes(p.network, s["model"], rd.checkpoint_path)
         if all(rd.is_finished() for rd in rds) and all(_finished(s, c) for s, c in zip(states, cfgs)):
+            from longtail.engine.run import _refuse_changes
+
+            for rd, s, c in zip(rds, states, cfgs):
+                _refuse_changes(s, c, rd)  # a finished run is not changed by resuming it
             echo(f"the {len(rds)} runs are finished: nothing to do, nothing was changed. To train them further, "
                  f"resume with a larger train.epochs or train.max_steps")
             return
