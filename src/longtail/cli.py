@@ -1,6 +1,6 @@
 """The ``longtail`` command line. It parses arguments and calls the library; it has no logic of its own.
 
-    longtail train --config FILE [--out DIR] [--resume DIR] [--overwrite] [KEY=VALUE ...]
+    longtail train --config FILE [--out DIR] [--resume DIR] [--seeds S [S ...]] [--overwrite] [KEY=VALUE ...]
     longtail eval RUN_DIR [--ema] [KEY=VALUE ...]
     longtail predict RUN_DIR PATH [PATH ...] [--top-k K] [--out FILE.csv]
     longtail report RUN_DIR [--out DIR] [--overwrite]
@@ -10,7 +10,7 @@
     longtail data indices NAME --imbalance R [--root DIR]
     longtail extract RUN_DIR --out DIR [--splits train,val,test] [--overwrite]
     longtail bench CONFIG [--steps N] [--json] [KEY=VALUE ...]
-    longtail reproduce SUITE --out DIR [--seeds 0 1 2] [--parallel K]
+    longtail reproduce SUITE --out DIR [--seeds 0 1 2] [--parallel K] [--no-stack]
     longtail dlsa --features DIR [--config FILE] --out DIR [--overwrite] [KEY=VALUE ...]
     longtail decouple RUN_DIR --method {crt,lws,tau_norm,posthoc_la} --out DIR [--features DIR] [--overwrite] [KEY=VALUE ...]
 
@@ -78,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", parents=[common], help="train a model from a YAML config")
     t.add_argument("--config", help="YAML config file (with --resume: defaults to RUN_DIR/config.yaml)")
     t.add_argument("--out", help="run directory (default: <out_dir>/<name>)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
+    t.add_argument("--resume", metavar="RUN_DIR", action="append",
+                   help="continue the run in RUN_DIR from checkpoints/last.pt; repeated: continue several seeds' runs "
+                        "together as one stacked network")
+    t.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="train these seeds together as one stacked network (train.seeds); --out is then the folder "
+                        "that receives their N run directories")
     t.add_argument("--overwrite", action="store_true", help="start afresh in a folder that already holds a run "
                                                             "(its run files are deleted first)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.05")
@@ -154,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--parallel", type=int, default=1, help="runs at once on one GPU (CPU: one after another)")
     rp.add_argument("--device", default="auto")
     rp.add_argument("--max-retries", type=int, default=1)
+    rp.add_argument("--no-stack", action="store_true",
+                    help="train each seed on its own (default: a configuration's seeds train together as one "
+                         "stacked network when --parallel is 1)")
     rp.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     dl = sub.add_parser("dlsa", parents=[common], help="DLSA (flow-based label-space adjustment) on cached features")
@@ -186,14 +194,24 @@ def _cmd_train(a) -> int:
     from longtail import config as C
     from longtail.engine.run import load_resume_config, train
 
-    if a.resume:
-        cfg = load_resume_config(a.resume, a.config, a.overrides)
+    command = "longtail " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv else ""
+    overrides = list(a.overrides) + ([f"train.seeds=[{','.join(str(s) for s in a.seeds)}]"] if a.seeds else [])
+    if a.resume and len(a.resume) > 1:  # several seeds' runs, continued together
+        from longtail.engine.stacked import resume_seeds
+
+        if a.config or a.seeds or a.out or a.overwrite:
+            raise LongtailError("--resume given several times continues those runs with their own configs: "
+                                "--config, --seeds, --out and --overwrite do not apply")
+        resume_seeds(a.resume, overrides, command=command)
+        return 0
+    resume = a.resume[0] if a.resume else None
+    if resume:
+        cfg = load_resume_config(resume, a.config, overrides)
     else:
         if not a.config:
             raise LongtailError("train needs --config FILE (or --resume RUN_DIR)")
-        cfg = C.load(a.config, a.overrides)
-    command = "longtail " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv else ""
-    train(cfg, out=a.out, resume=a.resume, command=command, overwrite=a.overwrite)
+        cfg = C.load(a.config, overrides)
+    train(cfg, out=a.out, resume=resume, command=command, overwrite=a.overwrite)
     return 0
 
 
@@ -319,7 +337,7 @@ def _cmd_reproduce(a) -> int:
     from longtail.reproduce import run_suite
 
     path = run_suite(a.suite, Path(a.out), seeds=tuple(a.seeds), parallel=a.parallel, overrides=a.overrides,
-                     device=a.device, max_retries=a.max_retries)
+                     device=a.device, max_retries=a.max_retries, stack=not a.no_stack)
     print(f"wrote {path}")
     return 0
 

@@ -171,10 +171,56 @@ def _prepare(job: Job, echo) -> Optional[str]:
     return None
 
 
-def _run_serial(jobs: list[Job], max_retries: int, echo) -> None:
+def _stacked_groups(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs grouped by configuration (everything but the seed), in order of first appearance."""
+    from longtail.engine.stacked import _identity
+
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(repr(sorted(_identity(job.cfg).items())), []).append(job)
+    return list(groups.values())
+
+
+def _run_stacked(group: list[Job], echo) -> None:
+    """Train a configuration's seeds together as one stacked network (``train.seeds``) when they can be:
+    all fresh, or all checkpointed at the same step. Whatever is left pending (a configuration that cannot
+    be stacked, a mixed state, a failure) is then run one seed at a time by the caller."""
+    from longtail.engine.stacked import train_runs
+    from longtail.errors import ConfigError
+
+    states = [_prepare(job, echo) for job in group]
+    if len(set(states)) != 1:
+        echo(f"{', '.join(j.name for j in group)}: some have checkpoints and some not; training them one by one")
+        return
+    names = ", ".join(j.name for j in group)
+    try:
+        echo(f"{names}: {'resuming' if states[0] == 'resume' else 'training'} the {len(group)} seeds together")
+        train_runs([j.cfg for j in group], [j.run_dir for j in group], resume=states[0] == "resume", echo=echo,
+                   command="longtail reproduce")
+    except ConfigError as e:  # not stackable (e.g. the backbone): the ordinary path, unchanged
+        echo(f"{names}: cannot be trained together ({e}); training them one by one")
+        return
+    except Exception as e:  # noqa: BLE001 - the seeds are retried one by one, from their checkpoints
+        for job in group:
+            job.attempts += 1
+            job.errors.append(f"{type(e).__name__}: {e}")
+        echo(f"{names}: the stacked attempt failed: {type(e).__name__}: {e}; retrying them one by one")
+        return
+    for job in group:
+        job.attempts += 1
+        job.status = "done"
+
+
+def _run_serial(jobs: list[Job], max_retries: int, echo, stack: bool = False) -> None:
     from longtail.engine.run import train
 
+    if stack:
+        for group in _stacked_groups(jobs):
+            if len(group) > 1:
+                _run_stacked(group, echo)
     for job in jobs:
+        if job.status == "pending" and job.attempts > max_retries:
+            job.status = "FAILED"
         while job.status == "pending":
             mode = _prepare(job, echo)
             job.attempts += 1
@@ -236,7 +282,7 @@ def _run_parallel(jobs: list[Job], parallel: int, max_retries: int, out_dir: Pat
 
 def run_suite(suite: str, out_dir, *, seeds: Sequence[int] = (0,), parallel: int = 1,
               overrides: Optional[Sequence[str]] = None, device: str = "auto", echo: Callable = print,
-              max_retries: int = 1) -> Path:
+              max_retries: int = 1, stack: bool = True) -> Path:
     """Train a suite (skipping finished runs), then write ``out_dir/RESULTS.md`` and return its path.
 
     Args:
@@ -248,6 +294,9 @@ def run_suite(suite: str, out_dir, *, seeds: Sequence[int] = (0,), parallel: int
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         echo: where progress lines go.
         max_retries: extra attempts for a run that fails (resumed from its checkpoint if it has one).
+        stack: train the seeds of each configuration together as one stacked network (``train.seeds``; one
+            process, one set of kernel launches for all seeds) when ``parallel`` is 1; configurations that
+            cannot be stacked, and seeds whose stacked attempt failed, run one at a time.
 
     Raises:
         LongtailError: an unknown suite or bad suite file (before anything runs), or, after RESULTS.md
@@ -275,7 +324,7 @@ def run_suite(suite: str, out_dir, *, seeds: Sequence[int] = (0,), parallel: int
         (out / "logs").mkdir(exist_ok=True)
         _run_parallel(todo, parallel, max_retries, out, echo)
     else:
-        _run_serial(todo, max_retries, echo)
+        _run_serial(todo, max_retries, echo, stack=stack)
     results = write_results(out, suite, jobs, seeds)
     failed = [j for j in jobs if j.status == "FAILED"]
     if failed:

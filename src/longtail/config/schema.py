@@ -174,6 +174,8 @@ class TrainConfig:
     epochs: int = key(200, help="training epochs")
     batch_size: int = key(128, help="global batch size (split over the processes under torchrun)")
     seed: int = key(0, help="seed of initialisation, sampling and augmentation (not of the split: data.split_seed)")
+    seeds: list[int] = key(help="train these seeds together as one stacked network, one run directory each "
+                                "(e.g. [0, 1, 2]); [] = one run with train.seed", factory=list)
     max_steps: Optional[int] = key(None, help="stop after this many optimiser steps (smoke runs); null = all")
     deterministic: bool = key(False, help="deterministic torch algorithms only (slower); false: cuDNN autotuning on CUDA")
     amp: str = key("auto", help="mixed precision: auto (bf16 on CUDA) | bf16 | none")

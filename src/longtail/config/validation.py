@@ -82,6 +82,8 @@ def validate(cfg: Config) -> Config:
     _choice("optim.impl", o.impl, ("auto", "fused", "foreach", "for_loop"))
     _check(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
     _check(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
+    _check(all(isinstance(x, int) and x >= 0 for x in t.seeds) and len(set(t.seeds)) == len(t.seeds),
+           f"train.seeds must be distinct integers >= 0 (got {t.seeds})")
     _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1 or null (got {t.max_steps})")
     _check(t.accumulate >= 1, f"train.accumulate must be >= 1 (got {t.accumulate}); 1 = no accumulation")
     _check(t.batch_size % t.accumulate == 0, f"train.batch_size={t.batch_size} must be divisible by "

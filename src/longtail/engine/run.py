@@ -128,13 +128,20 @@ def check_run_name(name: str) -> str:
 
 def train(cfg: C.Config, *, out: Optional[str] = None, resume: Optional[str] = None,
           command: str = "", echo=print, overwrite: bool = False) -> Path:
-    """Train one run end to end and return its directory.
+    """Train one run end to end and return its directory (with ``train.seeds``: the seeds' N directories,
+    trained together as one stacked network, see :mod:`longtail.engine.stacked`).
 
     A folder that already holds a run is refused unless ``overwrite`` (its run files are then deleted
     when writing starts, after every check passed). Resuming a finished run changes nothing and says so,
     unless the config extends it (a larger ``train.epochs`` or ``train.max_steps``).
     """
     C.validate(cfg)
+    if cfg.train.seeds:  # several seeds as one stacked network: a list of N run directories
+        if resume:
+            raise ConfigError("train.seeds with --resume: resume the seeds' runs with --resume DIR --resume DIR ...")
+        from longtail.engine.stacked import train_seeds
+
+        return train_seeds(cfg, out=out, command=command, echo=echo, overwrite=overwrite)
     check_run_name(C.run_name(cfg))
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it afresh: pass only one of them")

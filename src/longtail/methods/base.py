@@ -123,8 +123,20 @@ class Method(nn.Module):
         """
 
     def forward_batch(self, network: Callable, batch: Batch) -> NetOutput:
-        """Run the network on the views this method needs (baselines: the first view only)."""
-        return network(batch.views[0])
+        """Run the network on the views this method needs: ``network_output(network(network_input(batch)))``.
+
+        A method that overrides the two hooks instead of this method can be trained as one of the stacked
+        networks of ``train.seeds`` (which runs the network itself on N models' inputs at once).
+        """
+        return self.network_output(network(self.network_input(batch)), batch)
+
+    def network_input(self, batch: Batch) -> torch.Tensor:
+        """The one tensor the network runs on for ``batch`` (baselines: the first view)."""
+        return batch.views[0]
+
+    def network_output(self, output: NetOutput, batch: Batch) -> NetOutput:
+        """What the loss sees of the network's output on :meth:`network_input` (baselines: all of it)."""
+        return output
 
     def loss(self, batch: Batch, output: NetOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss for one batch, plus named parts for logging (detached scalars)."""

@@ -63,9 +63,11 @@ class TwoBranch(Method):
         return build_contrastive_network(self.model_cfg, num_classes, in_channels, proj_hidden=m.proj_hidden,
                                          proj_dim=m.proj_dim, prototypes=self.uses_prototypes)
 
-    def forward_batch(self, network, batch: Batch) -> NetOutput:
+    def network_input(self, batch: Batch) -> torch.Tensor:
+        return torch.cat(batch.views[:3])
+
+    def network_output(self, out: NetOutput, batch: Batch) -> NetOutput:
         b = batch.labels.numel()
-        out = network(torch.cat(batch.views[:3]))
         z = F.normalize(out.embeddings["proj"].float(), dim=1)
         emb = {"z": torch.stack([z[b:2 * b], z[2 * b:3 * b]], dim=1)}  # [B, 2, d_z]: views 1 and 2
         if "prototypes" in out.embeddings:
