@@ -36,7 +36,7 @@ from longtail.engine.devices import device_name, resolve_device, seed_everything
 from longtail.engine.evaluator import autocast_context, format_table, shot_rule
 from longtail.engine.logging import NullLogger, RunLogger, epoch_line
 from longtail.engine.schedule import lr_at
-from longtail.engine.trainer import CHECKPOINT_VERSION, Progress, Trainer, _SignalGuard
+from longtail.engine.trainer import CHECKPOINT_VERSION, Progress, Trainer, _SignalGuard, set_lr
 from longtail.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLossError
 from longtail.losses import posthoc_adjust
 from longtail.metrics import MetricAccumulator
@@ -349,34 +349,15 @@ class StackedTrainer(Trainer):
     def _run_epoch(self, epoch: int, guard: _SignalGuard, bar) -> bool:
         cfg, p = self.cfg, self.progress
         lr = lr_at(epoch, cfg.train.epochs, cfg.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         for m in self.methods:
             m.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
         self.network.train()
         sums = StackedEpochSums(self.device, self.n)
         start_step = p.step_in_epoch
         t0 = time.perf_counter()
-        max_steps = cfg.train.max_steps
-        steps = len(self.train_batches)
-        for step, batches in enumerate(self.train_batches.epoch(epoch, start_step=start_step), start=start_step):
-            self.train_step(batches, step, sums)
-            p.step_in_epoch = step + 1
-            p.global_step += 1
-            if bar is not None:
-                bar.update(1)
-            if (step + 1) % self.nan_check_every == 0 or step + 1 == steps:
-                signum = self._check_finite(sums.first_bad(), epoch, guard)
-                if signum:
-                    self._stop_on_signal(signum, t0)
-            elif guard.signum is not None and not dist.is_distributed():
-                self._check_finite(sums.first_bad(), epoch, guard)
-                self._stop_on_signal(guard.signum, t0)
-            if max_steps is not None and p.global_step >= max_steps:
-                self._check_finite(sums.first_bad(), epoch)
-                p.wall_seconds += time.perf_counter() - t0
-                self.save()
-                return True
+        if self._train_steps(epoch, start_step, sums, guard, bar, t0):
+            return True
         self._check_finite(sums.first_bad(), epoch)
         seconds = time.perf_counter() - t0
         p.wall_seconds += seconds

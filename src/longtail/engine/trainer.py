@@ -322,25 +322,17 @@ class Trainer:
                         posthoc_tau=cfg.eval.posthoc_tau, ece_bins=cfg.eval.ece_bins,
                         channels_last=cfg.train.channels_last, shots=shot_rule(cfg.eval))
 
-    def _run_epoch(self, epoch: int, guard: _SignalGuard, bar) -> bool:
-        """One epoch from ``progress.step_in_epoch``; returns True when ``max_steps`` stopped training."""
-        cfg, p = self.cfg, self.progress
-        lr = lr_at(epoch, cfg.train.epochs, cfg.optim)
-        set_lr(self.optimizer, lr)
-        self.method.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
-        self.network.train()
-        dev = self.device
-        sums = EpochSums(dev)
-        start_step = p.step_in_epoch
-        t0 = time.perf_counter()
-        max_steps = cfg.train.max_steps
+    def _train_steps(self, epoch: int, start_step: int, sums, guard: _SignalGuard, bar, t0: float) -> bool:
+        """The steps of ``epoch`` from ``start_step`` (the stacked trainer's too): the NaN guard at intervals,
+        signals, and ``max_steps``; returns True when ``max_steps`` stopped training (checkpoint saved)."""
+        p, max_steps, steps = self.progress, self.cfg.train.max_steps, len(self.train_batches)
         for step, batch in enumerate(self.train_batches.epoch(epoch, start_step=start_step), start=start_step):
             self.train_step(batch, step, sums)
             p.step_in_epoch = step + 1
             p.global_step += 1
             if bar is not None:
                 bar.update(1)
-            if (step + 1) % self.nan_check_every == 0 or step + 1 == len(self.train_batches):
+            if (step + 1) % self.nan_check_every == 0 or step + 1 == steps:
                 signum = self._check_finite(sums.first_bad(), epoch, guard)
                 if signum:
                     self._stop_on_signal(signum, t0)
@@ -352,6 +344,21 @@ class Trainer:
                 p.wall_seconds += time.perf_counter() - t0
                 self.save()
                 return True
+        return False
+
+    def _run_epoch(self, epoch: int, guard: _SignalGuard, bar) -> bool:
+        """One epoch from ``progress.step_in_epoch``; returns True when ``max_steps`` stopped training."""
+        cfg, p = self.cfg, self.progress
+        lr = lr_at(epoch, cfg.train.epochs, cfg.optim)
+        set_lr(self.optimizer, lr)
+        self.method.on_epoch_start(epoch, fresh=p.step_in_epoch == 0)
+        self.network.train()
+        dev = self.device
+        sums = EpochSums(dev)
+        start_step = p.step_in_epoch
+        t0 = time.perf_counter()
+        if self._train_steps(epoch, start_step, sums, guard, bar, t0):
+            return True
         self._check_finite(sums.first_bad(), epoch)
         seconds = time.perf_counter() - t0
         p.wall_seconds += seconds
