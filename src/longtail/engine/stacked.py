@@ -36,7 +36,8 @@ from longtail.engine.devices import device_name, resolve_device, seed_everything
 from longtail.engine.evaluator import autocast_context, format_table, shot_rule
 from longtail.engine.logging import NullLogger, RunLogger, epoch_line
 from longtail.engine.schedule import lr_at
-from longtail.engine.trainer import CHECKPOINT_VERSION, Progress, Trainer, _SignalGuard, set_lr
+from longtail.engine.trainer import (CHECKPOINT_VERSION, Progress, Trainer, _SignalGuard, epoch_record, eval_due,
+                                     set_lr)
 from longtail.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLossError
 from longtail.losses import posthoc_adjust
 from longtail.metrics import MetricAccumulator
@@ -358,26 +359,13 @@ class StackedTrainer(Trainer):
         t0 = time.perf_counter()
         if self._train_steps(epoch, start_step, sums, guard, bar, t0):
             return True
-        self._check_finite(sums.first_bad(), epoch)
-        seconds = time.perf_counter() - t0
-        p.wall_seconds += seconds
-        p.epoch, p.step_in_epoch = epoch + 1, 0
-        totals = sums.totals()
-        if dist.is_distributed():
-            dist.all_reduce_sum_(totals)
-        every = cfg.train.eval_every
-        evaluated = epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0)
+        seconds, totals = self._close_epoch(epoch, sums, t0)
+        evaluated = eval_due(epoch, cfg.train)
         if evaluated:
             self.last_eval = self.evaluate()
         losses = []
-        for i, row in enumerate(totals.tolist()):
-            loss_sum, correct, seen, *part_sums = row
-            seen = int(seen)
-            record = {"epoch": epoch + 1, "step": p.global_step, "lr": lr, "loss": loss_sum / max(seen, 1),
-                      "train_acc": 100.0 * correct / max(seen, 1), "seconds": seconds,
-                      "images_per_s": seen / max(seconds, 1e-9)}
-            for k, v in zip(sums.names, part_sums):
-                record[f"loss_{k}"] = v / max(seen, 1)
+        for i, row in enumerate(totals):  # one row of statistics per seed
+            record = epoch_record(epoch, p.global_step, lr, seconds, row, sums.names)
             if evaluated:
                 record.update({k: self.last_eval[i][k] for k in ("top1", "many", "medium", "few", "ece")})
             losses.append(record["loss"])

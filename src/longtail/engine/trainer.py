@@ -100,6 +100,26 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
 
 
+def eval_due(epoch: int, train_cfg) -> bool:
+    """Whether the test set is evaluated after 0-based ``epoch``: every ``train.eval_every`` epochs (0: never
+    before the end) and after the last epoch."""
+    every = train_cfg.eval_every
+    return epoch + 1 == train_cfg.epochs or (every > 0 and (epoch + 1) % every == 0)
+
+
+def epoch_record(epoch: int, step: int, lr: float, seconds: float, totals: list, names) -> dict:
+    """The ``metrics.jsonl`` record of 0-based ``epoch`` from its summed statistics ``totals`` = [loss sum,
+    correct, seen, *sums of the loss's named parts ``names``]: means over the images seen."""
+    loss_sum, correct, seen, *part_sums = totals
+    seen = int(seen)
+    record = {"epoch": epoch + 1, "step": step, "lr": lr, "loss": loss_sum / max(seen, 1),
+              "train_acc": 100.0 * correct / max(seen, 1), "seconds": seconds,
+              "images_per_s": seen / max(seconds, 1e-9)}
+    for k, v in zip(names, part_sums):  # epoch means of the loss's named parts
+        record[f"loss_{k}"] = v / max(seen, 1)
+    return record
+
+
 @dataclass
 class Progress:
     """Where training stands: ``epoch`` epochs completed plus ``step_in_epoch`` steps of the next one."""
@@ -322,6 +342,18 @@ class Trainer:
                         posthoc_tau=cfg.eval.posthoc_tau, ece_bins=cfg.eval.ece_bins,
                         channels_last=cfg.train.channels_last, shots=shot_rule(cfg.eval))
 
+    def _close_epoch(self, epoch: int, sums, t0: float) -> tuple[float, list]:
+        """After the epoch's last step: the last NaN check, the wall time and the progress. Returns the
+        epoch's seconds and its statistics summed over the processes (``sums.totals()`` as a list)."""
+        self._check_finite(sums.first_bad(), epoch)
+        p, seconds = self.progress, time.perf_counter() - t0
+        p.wall_seconds += seconds
+        p.epoch, p.step_in_epoch = epoch + 1, 0
+        totals = sums.totals()
+        if dist.is_distributed():  # epoch statistics over the global batches, not rank 0's share
+            dist.all_reduce_sum_(totals)
+        return seconds, totals.tolist()
+
     def _train_steps(self, epoch: int, start_step: int, sums, guard: _SignalGuard, bar, t0: float) -> bool:
         """The steps of ``epoch`` from ``start_step`` (the stacked trainer's too): the NaN guard at intervals,
         signals, and ``max_steps``; returns True when ``max_steps`` stopped training (checkpoint saved)."""
@@ -359,22 +391,9 @@ class Trainer:
         t0 = time.perf_counter()
         if self._train_steps(epoch, start_step, sums, guard, bar, t0):
             return True
-        self._check_finite(sums.first_bad(), epoch)
-        seconds = time.perf_counter() - t0
-        p.wall_seconds += seconds
-        p.epoch, p.step_in_epoch = epoch + 1, 0
-        totals = sums.totals()
-        if dist.is_distributed():  # epoch statistics over the global batches, not rank 0's share
-            dist.all_reduce_sum_(totals)
-        loss_sum, correct, seen, *part_sums = totals.tolist()
-        seen = int(seen)
-        record = {"epoch": epoch + 1, "step": p.global_step, "lr": lr,
-                  "loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1),
-                  "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
-        for k, v in zip(sums.names, part_sums):  # epoch means of the loss's named parts
-            record[f"loss_{k}"] = v / max(seen, 1)
-        every = cfg.train.eval_every
-        if epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0):
+        seconds, totals = self._close_epoch(epoch, sums, t0)
+        record = epoch_record(epoch, p.global_step, lr, seconds, totals, sums.names)
+        if eval_due(epoch, cfg.train):
             self.last_eval = self.evaluate()
             record.update({k: self.last_eval[k] for k in ("top1", "many", "medium", "few", "ece")})
             if self.ema is not None:  # the average's metrics under their own keys, beside the weights' own
