@@ -18,7 +18,6 @@ Anchor rows are the 2B contrastive embeddings, image-major like every contrastiv
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 from typing import Any, NamedTuple, Optional
 
@@ -30,7 +29,7 @@ from longtail import hostsync
 from longtail.losses._common import CountsLike, as_counts, class_counts
 from longtail.losses.bbl_terms import (BBLSets, bbl_class_weights, bbl_sets, check_number, global_alignment,
                                        global_contrast, local_balance)
-from longtail.losses.contrastive import contrast_set
+from longtail.losses.contrastive import contrast_set, no_autocast
 
 __all__ = ["BBLLoss", "BBLOutput", "BBLSets", "bbl_class_weights", "bbl_sets", "GLOBAL_MODES", "VARIANTS"]
 
@@ -46,12 +45,6 @@ class BBLOutput(NamedTuple):
     global_term: Tensor
     local_term: Tensor
 
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    # The similarity matmuls must run in float32 even inside a bf16/fp16 autocast region (§0.2).
-    if device.type in ("cpu", "cuda", "xpu"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 class BBLLoss(nn.Module):
@@ -178,7 +171,7 @@ class BBLLoss(nn.Module):
         dtype = torch.promote_types(torch.promote_types(embeddings.dtype, prototypes.dtype), torch.float32)
         if self.variant in ("r3", "r4"):
             self._prepare_state(D, dev)
-        with _autocast_off(dev):
+        with no_autocast(dev):
             z = embeddings.to(dtype)
             n_img = class_counts(labels, K)
             queue = self._queue_entries() if self.variant == "r4" else None

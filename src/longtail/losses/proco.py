@@ -18,7 +18,6 @@ to and including the current update.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from typing import NamedTuple, Optional
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from longtail import hostsync
 from longtail.engine import distributed as dist
 from longtail.losses._common import CountsLike, as_counts
+from longtail.losses.contrastive import no_autocast
 from longtail.losses.bessel import (BESSEL_METHODS, bessel_ratio, check_order, log_bessel_f,
                                     log_bessel_f_of_square)
 
@@ -60,11 +60,6 @@ class ProCoOutput(NamedTuple):
     loss_2: Tensor
     logits: Tensor
 
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type in ("cpu", "cuda", "xpu"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def proco_kappa(resultant: Tensor, p: int, estimator: str = "code") -> Tensor:
@@ -238,7 +233,7 @@ class ProCoLoss(nn.Module):
         """
         self._check_inputs(z, labels)
         labels = labels.long()
-        with _autocast_off(z.device):
+        with no_autocast(z.device):
             z = z.float()
             zs = (z[:, 0], z[:, 1])
             losses, logits = [], []

@@ -13,6 +13,7 @@ its own anchors against the global contrast set (docs/methods.md §2.6 item 5).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +54,13 @@ class TwoBranch(Method):
     def make_criterion(self):
         return LogitAdjustedLoss(self.counts, tau=self.params.la_tau)
 
+    #: the augmentation preset of each contrastive view name of ``cl_views``
+    contrastive_presets: ClassVar[dict] = VIEW_PRESETS
+
     @classmethod
     def presets(cls, params: ContrastiveConfig, augment: str) -> list[str]:
         a, b = params.cl_views.split("-")
-        return [augment, VIEW_PRESETS[a], VIEW_PRESETS[b]]
+        return [augment, cls.contrastive_presets[a], cls.contrastive_presets[b]]
 
     def build_network(self, num_classes: int, in_channels: int):
         m = self.params

@@ -23,7 +23,6 @@ from longtail.losses.proco import KAPPA_ESTIMATORS, NUMERATORS, UPDATES, ProCoLo
 from longtail.methods.base import MethodConfig, param, register_method
 from longtail.methods.contrastive import CL_VIEWS, TwoBranch
 from longtail.models import NetOutput
-from longtail.models.contrastive import build_contrastive_network
 
 #: ProCo's contrastive views: "sim" is the proco_cifar preset (scale 0.08-1, no blur; for large images
 #: the same as simclr, BCL's ImageNet sim view), "rand" = simclr_rand (sim + RandAugment)
@@ -57,6 +56,7 @@ class ProCo(TwoBranch):
 
     uses_prototypes = False
     takes_seed = True
+    contrastive_presets = PROCO_VIEW_PRESETS
 
     def __init__(self, params: ProCoConfig, *, train_counts, seed: int = 0, **kw):
         super().__init__(params, train_counts=train_counts, **kw)
@@ -65,15 +65,8 @@ class ProCo(TwoBranch):
                                numerator=m.proco_numerator, kappa_estimator=m.proco_kappa_estimator,
                                bessel=m.proco_bessel, update=m.proco_update, seed=seed)
 
-    @classmethod
-    def presets(cls, params: ProCoConfig, augment: str) -> list[str]:
-        a, b = params.cl_views.split("-")
-        return [augment, PROCO_VIEW_PRESETS[a], PROCO_VIEW_PRESETS[b]]
-
     def build_network(self, num_classes: int, in_channels: int):
-        m = self.params
-        net = build_contrastive_network(self.model_cfg, num_classes, in_channels, proj_hidden=m.proj_hidden,
-                                        proj_dim=m.proj_dim, prototypes=False)
+        net = super().build_network(num_classes, in_channels)  # no prototypes (uses_prototypes)
         if isinstance(net.classifier, nn.Linear):  # the official CIFAR head keeps PyTorch's default init
             nn.Linear.reset_parameters(net.classifier)
         return net
