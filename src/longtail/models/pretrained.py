@@ -21,7 +21,6 @@ fit the backbone (under ``model.pretrained_strict``) is a one-line :class:`Confi
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -31,9 +30,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from longtail.data.download import file_digest
 from longtail.errors import ConfigError
 
-__all__ = ["read_state_dict", "load_pretrained", "map_keys", "file_sha256", "report_line", "PREFIXES",
+__all__ = ["read_state_dict", "load_pretrained", "map_keys", "report_line", "PREFIXES",
            "CLASSIFIER_NAMES", "WRAPPERS"]
 
 #: prefixes stripped from the file's key names (repeatedly, in any order)
@@ -45,14 +45,6 @@ WRAPPERS = ("state_dict", "model", "module")
 #: how many keys the report lists (the counts are always complete)
 LIST_LIMIT = 20
 _OPTIONAL = ("num_batches_tracked",)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _resolve(path: str | Path) -> Path:
@@ -285,7 +277,7 @@ def load_pretrained(network: nn.Module, path: str | Path, *, strict: bool = True
             own_cls[k].copy_(v)
     skipped_cls = sorted(cls_keys[k] for k in cls if k not in cls_take)
     shapes = [{"key": k, "file": _shape(body[k]), "model": _shape(own[k])} for k in mismatched[:LIST_LIMIT]]
-    return {**info, "sha256": file_sha256(Path(info["path"])), "strict": bool(strict),
+    return {**info, "sha256": file_digest(Path(info["path"]), "sha256"), "strict": bool(strict),
             "prefixes_stripped": prefixes, "file_tensors": len(sd), "backbone_tensors": len(own),
             "loaded": len(take), "classifier_loaded": sorted(cls_keys[k] for k in cls_take),
             "classifier_note": cls_note, "missing": _listed(missing), "missing_count": len(missing),

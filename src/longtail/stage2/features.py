@@ -10,7 +10,6 @@ in this format (:func:`write_features`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
+from longtail.data.download import file_digest
 from longtail.errors import DataError, LongtailError
 from longtail.fileio import atomic_write, atomic_write_json, refuse_overwrite
 
@@ -37,12 +37,8 @@ class FeatureSplit(NamedTuple):
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a file (:func:`longtail.data.download.file_digest`)."""
+    return file_digest(path, "sha256")
 
 
 # ----------------------------------------------------------------------------------------------------
