@@ -200,12 +200,19 @@ def main() -> int:
             print(f"{setting:4s} {m:9s} ops {r['ops']:6d}  " +
                   "  ".join(f"{ph} {r['ops_by_phase'][ph]}" for ph in PHASES) +
                   f"  MB {r['bytes_allocated'] / 2**20:.1f}", flush=True)
+    write_results(a.out, commit, results)
+    return 0
+
+
+def write_results(path: str, commit: str, results: list, **extra) -> None:
+    """Write ``results`` to the JSON file ``path`` with the command, commit, torch, python, machine (plus
+    ``extra``, e.g. the device), threads and date."""
     out = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit,
            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "results": results}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
-    return 0
+           **extra, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+           "results": results}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ paths on CPU (bf16 autocast, fused SGD, no host reads), as ops_per_step.py does.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops_per_step import OpCounter, _commit, synthetic_cifar  # noqa: E402
+from ops_per_step import OpCounter, _commit, synthetic_cifar, write_results  # noqa: E402
 
 from longtail import config as C  # noqa: E402
 from longtail import hostsync  # noqa: E402
@@ -182,12 +180,8 @@ def main() -> int:
             t = (f"{r['stacked_s_per_step']:15.4f} {r['separate_s_per_step']:16.4f} {r['speedup']:8.2f}"
                  if r["speedup"] else f"{'-':>15s} {'-':>16s} {'-':>8s}")
             print(f"{m:9s} {n:2d} {t} {r['stacked_ops_per_step']:12d} {r['separate_ops_per_step']:13d}", flush=True)
-    out = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit,
-           "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
-           "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "results": results}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
+    write_results(a.out, commit, results,
+                  device=torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu")
     return 0
 
 
