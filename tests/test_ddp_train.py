@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from longtail.data.samplers import build_sampler
 from longtail.engine import distributed as dist
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.run import evaluate_run
+from gloo import free_port
 
 # digits, ResNet-8, constant lr, no augmentation (cheaper; the equality test switches it back on)
 TINY = ["data.name=digits", "data.imbalance=10", "model.backbone=resnet8", "model.width=8", "optim.lr=0.05",
@@ -77,12 +77,6 @@ TRAIN_SCRIPT = textwrap.dedent("""
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(**extra: str) -> dict:

@@ -8,19 +8,18 @@ single-process gradient on the whole batch. Gathering without gradient must not.
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from longtail.engine import distributed as D
 from longtail.losses.bcl import BCLLoss
+from gloo import run_workers
 
 WORLD, N, V, K = 2, 8, 2, 5
 LABELS = torch.tensor([0, 1, 1, 3, 0, 3, 3, 1])  # classes 2 and 4 absent; both halves share classes
@@ -85,31 +84,13 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory) -> list[dict]:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("this torch build has no gloo backend")
     out = tmp_path_factory.mktemp("ddp")
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(out)), daemon=True) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=90)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.terminate()
-        p.join(5)
-    assert not hung, "a gloo worker did not finish within 90 s"
-    assert [p.exitcode for p in procs] == [0] * WORLD, f"worker exit codes {[p.exitcode for p in procs]}"
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return run_workers(_worker, out, WORLD)
 
 
 def single_process_grads() -> dict[str, torch.Tensor]:

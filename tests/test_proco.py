@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from longtail import config as C
@@ -35,6 +33,7 @@ from longtail.losses.bessel import (bessel_ratio, f_at_zero, log_bessel_f, log_b
 from longtail.losses.proco import init_directions, kappa_tilde_sq, proco_kappa, proco_logits
 from longtail.methods import create_method
 from longtail.methods.proco import ProCo
+from gloo import run_workers
 
 from proco_ddp_worker import DDP_COUNTS, WORLD, _ddp_batches, _ddp_worker  # a light module: spawned
 from test_train import assert_same_weights, quiet, tiny_cfg
@@ -748,28 +747,10 @@ def test_no_batch_by_class_by_dim_tensor_on_the_gpu():
 
 # ---------------------------------------------------------------------------------------------- DDP (gloo)
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("this torch build has no gloo backend")
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, port, str(tmp_path)), daemon=True) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=90)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.terminate()
-        p.join(5)
-    assert not hung and [p.exitcode for p in procs] == [0] * WORLD
-    res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    res = run_workers(_ddp_worker, tmp_path, WORLD)
     for k, v in res[0]["state"].items():
         assert torch.equal(v, res[1]["state"][k]), k  # bitwise identical on both ranks, init included
     zs, ys = _ddp_batches()
