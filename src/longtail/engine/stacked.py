@@ -408,24 +408,15 @@ class StackedTrainer(Trainer):
         names = tuple(parts[0])
         return torch.stack(losses), {k: torch.stack([p[k] for p in parts]) for k in names}, correct
 
-    def _check_finite(self, first_bad: torch.Tensor, epoch: int, guard: Optional[_SignalGuard] = None) -> int:
-        signum = (guard.signum or 0) if guard is not None else 0
-        if dist.is_distributed():
-            flags = torch.stack([first_bad.to(torch.int64), torch.tensor(signum, dtype=torch.int64,
-                                                                          device=first_bad.device)])
-            dist.all_reduce_max_(flags)
-            bad, signum = int(flags[0]), int(flags[1])
-        else:
-            bad = int(first_bad)
-        if bad >= 0:
-            step, i = divmod(bad, self.n)
-            kept = ("the last good checkpoints are kept" if (self.run_dirs[0] / "checkpoints" / "last.pt").exists()
-                    else "no checkpoint was written yet")
-            raise NonFiniteLossError(
-                f"the loss of seed {self.seeds[i]} became NaN or infinite at epoch {epoch + 1} (1-based), step {step} "
-                f"of that epoch; training of all {self.n} seeds stopped and {kept}. Try a lower optim.lr, "
-                f"optim.grad_clip=5, or train.amp=none.")
-        return signum
+    def _nonfinite_error(self, bad: int, epoch: int) -> NonFiniteLossError:
+        """``bad`` = step × N + model (:class:`StackedEpochSums`): the error names the seed."""
+        step, i = divmod(bad, self.n)
+        kept = ("the last good checkpoints are kept" if (self.run_dirs[0] / "checkpoints" / "last.pt").exists()
+                else "no checkpoint was written yet")
+        return NonFiniteLossError(
+            f"the loss of seed {self.seeds[i]} became NaN or infinite at epoch {epoch + 1} (1-based), step {step} "
+            f"of that epoch; training of all {self.n} seeds stopped and {kept}. Try a lower optim.lr, "
+            f"optim.grad_clip=5, or train.amp=none.")
 
     def _stop_on_signal(self, signum: int, t0: float) -> None:
         self.progress.wall_seconds += time.perf_counter() - t0

@@ -493,17 +493,20 @@ class Trainer:
             flags = torch.stack([first_bad.to(torch.int64), torch.tensor(signum, dtype=torch.int64,
                                                                           device=first_bad.device)])
             dist.all_reduce_max_(flags)
-            bad_step, signum = int(flags[0]), int(flags[1])
+            bad, signum = int(flags[0]), int(flags[1])
         else:
-            bad_step = int(first_bad)
-        if bad_step >= 0:
-            ckpt = self.checkpoint_path
-            kept = f"the last good checkpoint is kept at {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
-            raise NonFiniteLossError(
-                f"the loss became NaN or infinite at epoch {epoch + 1} (1-based), step {bad_step} of that epoch; "
-                f"training stopped and {kept}. Try a lower optim.lr, optim.grad_clip=5, or train.amp=none."
-            )
+            bad = int(first_bad)
+        if bad >= 0:
+            raise self._nonfinite_error(bad, epoch)
         return signum
+
+    def _nonfinite_error(self, bad: int, epoch: int) -> NonFiniteLossError:
+        """The error for the first bad entry ``bad`` of ``sums.first_bad()`` (here: the step of the epoch)."""
+        ckpt = self.checkpoint_path
+        kept = f"the last good checkpoint is kept at {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+        return NonFiniteLossError(
+            f"the loss became NaN or infinite at epoch {epoch + 1} (1-based), step {bad} of that epoch; "
+            f"training stopped and {kept}. Try a lower optim.lr, optim.grad_clip=5, or train.amp=none.")
 
     def _stop_on_signal(self, signum: int, t0: float) -> None:
         self.progress.wall_seconds += time.perf_counter() - t0
